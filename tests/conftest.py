@@ -1,0 +1,32 @@
+"""Shared pytest configuration: the `gpu` and `slow` markers are declared once here.
+
+* ``@pytest.mark.gpu`` tests are skipped when ``torch.cuda.is_available()`` is False.
+* ``@pytest.mark.slow`` tests are skipped unless ``--runslow`` is given.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = _cuda_available()
+    run_slow = config.getoption("--runslow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow; pass --runslow")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)

@@ -1,0 +1,1 @@
+"""Command-line interface (click). Commands only parse, validate into a config and call the library."""
