@@ -1,0 +1,90 @@
+"""The reference engine: fp32 eager PyTorch, structured exactly like the original sampler.
+
+Per step it evaluates the UNet on a batch of 2K (unconditional K, then conditional K), applies
+classifier-free guidance per reference, takes the K DDIM updates with K independent noise draws
+and replaces the shared latent by their weighted sum (SPEC §3-§4). It is slow on purpose: it is
+the yardstick every fast path is tested against.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from vfrt.engines.base import ViewEncoding, ddim_update
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def __init__(self, model, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).float().eval()
+
+    @torch.no_grad()
+    def encode_view(self, image: torch.Tensor) -> ViewEncoding:
+        image = image.to(self.device, torch.float32)
+        return ViewEncoding(clip=self.model.embed_image(image).float(),
+                            latent=self.model.encode_latent(image).float())
+
+    def bind(self, refs: Sequence[ViewEncoding], T: torch.Tensor, weights: torch.Tensor,
+             schedule, guidance: float) -> "_ReferenceDenoiser":
+        return _ReferenceDenoiser(self, refs, T, weights, schedule, guidance)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        sf = self.model.config.schedule.scale_factor
+        img = self.model.vae.decode((1.0 / sf) * z.to(self.device, torch.float32))
+        return torch.clamp(img, min=-1.0, max=1.0)
+
+
+class _ReferenceDenoiser:
+    def __init__(self, engine: ReferenceEngine, refs, T, weights, schedule, guidance):
+        m, dev = engine.model, engine.device
+        self.model, self.device, self.guidance = m, dev, float(guidance)
+        K = len(refs)
+        clip = torch.cat([r.clip for r in refs], 0)                            # (K, D)
+        T = T.to(dev, torch.float32).reshape(K, 4)
+        with torch.no_grad():
+            c = m.project(clip, T)                                             # (K, 1, ctx)
+        latents = torch.cat([r.latent for r in refs], 0)                       # (K, 4, h, w)
+        if self.guidance != 1.0:
+            self.c_concat = torch.cat([torch.zeros_like(latents), latents], 0)  # (2K, 4, h, w)
+            self.context = torch.cat([torch.zeros_like(c), c], 0)               # (2K, 1, ctx)
+        else:
+            self.c_concat, self.context = latents, c
+        self.K = K
+        self.weights = weights.to(dev, torch.float32).reshape(K, 1, 1, 1)
+        self.timesteps = [int(t) for t in schedule.timesteps]
+        self.coef = schedule.coefficients(dev)
+
+    @torch.no_grad()
+    def guided_eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """x: (K, 4, h, w) -> guided eps (K, 4, h, w), batch 2K as the original."""
+        if self.guidance != 1.0:
+            x_in = torch.cat([x] * 2)
+        else:
+            x_in = x
+        t_in = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)
+        eps = self.model.denoise(torch.cat([x_in, self.c_concat], dim=1), t_in, self.context)
+        if self.guidance == 1.0:
+            return eps
+        e_u, e_c = eps.chunk(2)
+        return e_u + self.guidance * (e_c - e_u)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
+        """One interpolated step. x: (1, 4, h, w); noise: (K, 4, h, w). Returns (1, 4, h, w)."""
+        xk = x.expand(self.K, *x.shape[1:])
+        e = self.guided_eps(xk, self.timesteps[i])
+        full = lambda name: torch.full((self.K, 1, 1, 1), float(self.coef[name][i]), device=self.device)
+        x_prev = ddim_update(xk, e, full("a_t"), full("a_prev"), full("sigma"), full("sqrt_one_minus_a_t"),
+                             noise.to(self.device, torch.float32))
+        return (x_prev * self.weights).sum(dim=0, keepdim=True)
+
+    def run(self, x_T: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:
+        x = x_T.to(self.device, torch.float32)
+        for i in range(len(self.timesteps)):
+            x = self.step(x, i, step_noise[i])
+        # the original decodes samples.mean(0) of K identical rows
+        return x.expand(self.K, *x.shape[1:]).mean(dim=0, keepdim=True)

@@ -1,0 +1,155 @@
+"""Noise sources for the sampler: a seeded generator, or a replayed noise bank (issue 2, item 4).
+
+Draw order matches the original sampler, view by view:
+    x_T            (1, 4, h, w)    one draw, expanded to the K references;
+    step noise     (K_v, 4, h, w)  one draw per UNet step, one independent normal per reference.
+
+Noise-bank file (``.npz``):
+    x_T             float32 (V, 1, 4, h, w)   initial latent of generated view v
+    K               int64   (V,)              references used by view v
+    step_noise_vXX  float32 (S, K_v, 4, h, w) per-step, per-reference draws (XX: zero-padded v)
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class NoiseBankError(ValueError):
+    """A noise bank does not fit the run it is used for (wrong counts or shapes)."""
+
+
+def _step_key(v: int) -> str:
+    return f"step_noise_v{v:02d}"
+
+
+@dataclass
+class NoiseBank:
+    """All random draws of one run, replayable exactly.
+
+    Attributes:
+        x_T: list of V float32 arrays (1, 4, h, w).
+        step_noise: list of V float32 arrays (S, K_v, 4, h, w).
+    """
+
+    x_T: list[np.ndarray] = field(default_factory=list)
+    step_noise: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.x_T)
+
+    @property
+    def K(self) -> np.ndarray:
+        return np.array([s.shape[1] for s in self.step_noise], dtype=np.int64)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bank atomically (temp file + rename), so a crash never leaves half a file."""
+        path = Path(path)
+        if len(self.x_T) != len(self.step_noise):
+            raise NoiseBankError("x_T and step_noise must hold the same number of views")
+        arrays = {"x_T": np.stack(self.x_T).astype(np.float32) if self.x_T else np.zeros((0, 1, 4, 0, 0), np.float32),
+                  "K": self.K}
+        for v, s in enumerate(self.step_noise):
+            arrays[_step_key(v)] = s.astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NoiseBank":
+        path = Path(path)
+        if not path.is_file():
+            raise NoiseBankError(f"noise bank not found: {path}")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as exc:  # zip/npz format errors
+            raise NoiseBankError(f"{path} is not a readable .npz noise bank: {exc}") from exc
+        with data:
+            if "x_T" not in data or "K" not in data:
+                raise NoiseBankError(f"{path} lacks 'x_T' or 'K'; keys: {sorted(data.keys())[:8]}")
+            x_T = data["x_T"]
+            Ks = data["K"]
+            if x_T.ndim != 5 or x_T.shape[1] != 1 or Ks.shape != (x_T.shape[0],):
+                raise NoiseBankError(f"{path}: x_T must be (V,1,C,h,w) and K (V,), got {x_T.shape} and {Ks.shape}")
+            steps = []
+            for v in range(x_T.shape[0]):
+                key = _step_key(v)
+                if key not in data:
+                    raise NoiseBankError(f"{path}: missing '{key}' for view {v}")
+                s = data[key]
+                if s.ndim != 5 or s.shape[1] != int(Ks[v]) or s.shape[2:] != x_T.shape[2:]:
+                    raise NoiseBankError(f"{path}: '{key}' has shape {s.shape}; expected (S, {int(Ks[v])}, "
+                                         f"{', '.join(map(str, x_T.shape[2:]))})")
+                steps.append(np.ascontiguousarray(s, dtype=np.float32))
+            return cls(x_T=[np.ascontiguousarray(x, dtype=np.float32) for x in x_T], step_noise=steps)
+
+
+class NoiseSource:
+    """Hands out the draws of one run, view by view; records them into ``self.recorded``.
+
+    Use ``NoiseSource.from_seed(seed)`` (torch CPU generator: identical on every machine) or
+    ``NoiseSource.from_bank(bank)`` (exact replay; shapes and counts are checked).
+    """
+
+    def __init__(self, generator: torch.Generator | None = None, bank: NoiseBank | None = None):
+        if (generator is None) == (bank is None):
+            raise ValueError("give exactly one of generator or bank")
+        self._gen = generator
+        self._bank = bank
+        self.recorded = NoiseBank()
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "NoiseSource":
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(seed))
+        return cls(generator=g)
+
+    @classmethod
+    def from_bank(cls, bank: NoiseBank) -> "NoiseSource":
+        return cls(bank=bank)
+
+    @property
+    def is_replay(self) -> bool:
+        return self._bank is not None
+
+    def check_plan(self, Ks, num_steps: int, latent_shape: tuple[int, int, int]) -> None:
+        """Fail early, before any compute, if a replayed bank does not fit the planned run."""
+        if self._bank is None:
+            return
+        b = self._bank
+        if b.num_views < len(Ks):
+            raise NoiseBankError(f"noise bank holds {b.num_views} views; the run generates {len(Ks)}")
+        for v, k in enumerate(Ks):
+            want = (num_steps, int(k), *latent_shape)
+            if tuple(b.step_noise[v].shape) != want or tuple(b.x_T[v].shape) != (1, *latent_shape):
+                raise NoiseBankError(f"noise bank view {v}: step noise {tuple(b.step_noise[v].shape)}, x_T "
+                                     f"{tuple(b.x_T[v].shape)}; the run needs {want} and {(1, *latent_shape)}")
+
+    def view(self, v: int, K: int, num_steps: int, latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws for generated view v: x_T (1, C, h, w) and step noise (S, K, C, h, w), float32 CPU."""
+        if self._bank is not None:
+            if v >= self._bank.num_views:
+                raise NoiseBankError(f"noise bank has no view {v}")
+            x_T = torch.from_numpy(self._bank.x_T[v].copy())
+            steps = torch.from_numpy(self._bank.step_noise[v].copy())
+            if tuple(steps.shape) != (num_steps, K, *latent_shape):
+                raise NoiseBankError(f"noise bank view {v}: {tuple(steps.shape)} != {(num_steps, K, *latent_shape)}")
+        else:
+            x_T = torch.randn((1, *latent_shape), generator=self._gen, dtype=torch.float32)
+            steps = torch.randn((num_steps, K, *latent_shape), generator=self._gen, dtype=torch.float32)
+        self.recorded.x_T.append(x_T.numpy().copy())
+        self.recorded.step_noise.append(steps.numpy().copy())
+        return x_T, steps
