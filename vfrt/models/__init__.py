@@ -1,0 +1,34 @@
+"""Zero123 networks in plain PyTorch and original-checkpoint loading (SPEC sections 1, 2, 7).
+
+This package imports nothing else from ``vfrt``.
+"""
+from __future__ import annotations
+
+from .checkpoint import load_state_dict_file, load_zero123
+from .clip import CLIPVisionTower, clip_preprocess
+from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
+from .errors import CheckpointError
+from .testing import TinyCheckpoint, tiny_config, write_tiny_checkpoint
+from .unet import UNet, timestep_embedding
+from .vae import AutoencoderKL
+from .zero123 import Zero123
+
+__all__ = [
+    "Zero123",
+    "Zero123Config",
+    "UNetConfig",
+    "VAEConfig",
+    "CLIPConfig",
+    "ScheduleConfig",
+    "UNet",
+    "AutoencoderKL",
+    "CLIPVisionTower",
+    "clip_preprocess",
+    "timestep_embedding",
+    "load_zero123",
+    "load_state_dict_file",
+    "CheckpointError",
+    "TinyCheckpoint",
+    "write_tiny_checkpoint",
+    "tiny_config",
+]
