@@ -30,3 +30,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A seeded tiny random Zero123 checkpoint in the original formats (.ckpt, .safetensors, YAML)."""
+    from vfrt.models import write_tiny_checkpoint
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), seed=0, image_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from vfrt.models import load_zero123
+    return load_zero123(tiny_checkpoint.ckpt, config=tiny_checkpoint.yaml)

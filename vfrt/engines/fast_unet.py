@@ -1,0 +1,185 @@
+"""A fast, exact re-evaluation of the Zero123 UNet for the interpolated sampler (SPEC §6).
+
+It walks the modules of :class:`vfrt.models.unet.UNet` (no weights are changed) and exploits:
+
+* **shared latent**: all K+1 batch rows see the same noisy latent x, so the first convolution
+  splits into ``conv(x, W_x)`` (batch 1) + ``conv(c_k, W_c) + b`` (cached per reference);
+* **one timestep per step**: the time embedding and every ResBlock's ``emb_layers`` output are
+  the same for all rows and depend on t only -> one precomputed (S, sum C) table per schedule;
+* **one context token**: cross-attention's softmax over one key is exactly 1, so ``attn2`` is
+  ``to_out(to_v(context))`` -> a per-view constant (rows, 1, C) per transformer block;
+* fused q/k/v projection + ``F.scaled_dot_product_attention`` (flash / memory-efficient) for
+  self-attention, in fp16 or bf16, optionally channels-last.
+
+Row layout of a batch: row 0 = the unconditional branch (zero latent, zero context) when
+guidance is used, then one row per reference.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
+                              timestep_embedding)
+
+
+class FastUNet:
+    """Functional fast forward over a UNet copy in ``dtype`` on ``device``.
+
+    Args:
+        unet: the (EMA-applied) :class:`UNet`; it is copied, never modified.
+        dtype: compute dtype of weights and activations (float16, bfloat16 or float32).
+        channels_last: keep 4-D activations in NHWC memory format.
+    """
+
+    def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        u = copy.deepcopy(unet).to(device=self.device, dtype=dtype).eval()
+        for p in u.parameters():
+            p.requires_grad_(False)
+        if channels_last:
+            u = u.to(memory_format=torch.channels_last)
+        self.u = u
+        conv0 = u.input_blocks[0][0]
+        n_lat = u.in_channels - 4 if u.in_channels > 4 else 0
+        self.x_channels = u.in_channels - n_lat
+        self.w_x = conv0.weight[:, : self.x_channels].contiguous(memory_format=self.memory_format)
+        self.w_c = conv0.weight[:, self.x_channels:].contiguous(memory_format=self.memory_format)
+        self.b0 = conv0.bias
+        self.resblocks = [m for m in u.modules() if isinstance(m, ResBlock)]
+        self._res_index = {id(m): i for i, m in enumerate(self.resblocks)}
+        self._res_width = [m.emb_layers[1].out_features for m in self.resblocks]
+        self.blocks = [m for m in u.modules() if isinstance(m, BasicTransformerBlock)]
+        self._const_slots, slot = {}, 0
+        for b in self.blocks:               # attn2 constant, then attn1's when it is a cross-attention
+            self._const_slots[id(b)] = slot
+            slot += 2 if b.disable_self_attn else 1
+        # fused q/k/v weights for self-attention blocks
+        self._qkv = {}
+        for b in self.blocks:
+            a = b.attn1
+            if not b.disable_self_attn:
+                self._qkv[id(b)] = torch.cat([a.to_q.weight, a.to_k.weight, a.to_v.weight], 0).contiguous()
+
+    # ------------------------------------------------------------------ per-schedule / per-view tables
+    @torch.no_grad()
+    def emb_table(self, timesteps) -> torch.Tensor:
+        """(S, sum_r C_r) ResBlock time-embedding outputs for every step's timestep."""
+        t = torch.as_tensor(timesteps, device=self.device)
+        temb = timestep_embedding(t, self.u.model_channels).to(self.dtype)
+        emb = self.u.time_embed(temb)
+        return torch.cat([rb.emb_layers(emb) for rb in self.resblocks], dim=1).contiguous()
+
+    def split_emb(self, row: torch.Tensor) -> list[torch.Tensor]:
+        """(1, sum C) -> per-ResBlock (1, C_r, 1, 1)."""
+        return [r[..., None, None] for r in torch.split(row, self._res_width, dim=1)]
+
+    @torch.no_grad()
+    def cond_first_conv(self, latent: torch.Tensor) -> torch.Tensor:
+        """(R, 4, h, w) conditioning latents -> (R, C0, h, w) their share of the first conv (no bias)."""
+        lat = latent.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        return F.conv2d(lat, self.w_c, None, padding=1)
+
+    @torch.no_grad()
+    def context_constants(self, context: torch.Tensor) -> list[torch.Tensor]:
+        """context (R, 1, D) -> per transformer block the exact attention outputs (R, 1, C).
+
+        Returns a flat list with one entry per block for ``attn2`` (and, for blocks with
+        ``disable_self_attn``, a second entry for ``attn1``), in ``self.blocks`` order.
+        """
+        ctx = context.to(self.device, self.dtype)
+        if ctx.shape[1] != 1:
+            raise ValueError(f"the fast path needs exactly one context token, got {ctx.shape[1]}")
+        out = []
+        for b in self.blocks:
+            out.append(b.attn2.to_out(b.attn2.to_v(ctx)))
+            if b.disable_self_attn:
+                out.append(b.attn1.to_out(b.attn1.to_v(ctx)))
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, h0_cond: torch.Tensor, emb_row: torch.Tensor,
+                consts: list[torch.Tensor]) -> torch.Tensor:
+        """eps for every row.
+
+        Args:
+            x: (1, 4, h, w) the shared noisy latent (any float dtype).
+            h0_cond: (R, C0, h, w) per-row first-conv share incl. bias (row 0 = bias only for
+                the unconditional branch).
+            emb_row: (1, sum C) this step's row of :meth:`emb_table`.
+            consts: per-row attention constants from :meth:`context_constants` (R, 1, C).
+        Returns: (R, 4, h, w) in ``self.dtype``.
+        """
+        xs = x.to(self.dtype).contiguous(memory_format=self.memory_format)
+        h = F.conv2d(xs, self.w_x, None, padding=1) + h0_cond
+        embs = self.split_emb(emb_row)
+        state = {"embs": embs, "consts": consts}
+        hs = [h]
+        for block in self.u.input_blocks[1:]:
+            h = self._seq(block, h, state)
+            hs.append(h)
+        h = self._seq(self.u.middle_block, h, state)
+        for block in self.u.output_blocks:
+            h = torch.cat([h, hs.pop()], dim=1)
+            h = self._seq(block, h, state)
+        return self.u.out(h)
+
+    def _seq(self, seq, h, state):
+        for layer in seq:
+            if isinstance(layer, ResBlock):
+                h = self._res(layer, h, state["embs"][self._res_index[id(layer)]])
+            elif isinstance(layer, SpatialTransformer):
+                h = self._transformer(layer, h, state["consts"])
+            elif isinstance(layer, (Downsample, Upsample)):
+                h = layer(h)
+            else:  # pragma: no cover - the UNet has no other layer kinds
+                raise TypeError(f"unexpected UNet layer {type(layer).__name__}")
+        return h
+
+    @staticmethod
+    def _res(rb: ResBlock, x, emb_out):
+        if rb.updown:
+            h = rb.in_layers[1](rb.in_layers[0](x))
+            h = rb.h_upd(h)
+            x = rb.x_upd(x)
+            h = rb.in_layers[2](h)
+        else:
+            h = rb.in_layers(x)
+        if rb.use_scale_shift_norm:
+            scale, shift = torch.chunk(emb_out, 2, dim=1)
+            h = rb.out_layers[0](h) * (1 + scale) + shift
+            h = rb.out_layers[3](rb.out_layers[1](h))
+        else:
+            h = rb.out_layers[3](rb.out_layers[1](rb.out_layers[0](h + emb_out)))
+        return rb.skip_connection(x) + h
+
+    def _transformer(self, st: SpatialTransformer, x, consts):
+        b, c, hh, ww = x.shape
+        x_in = x
+        h = st.proj_in(st.norm(x))
+        inner = h.shape[1]
+        tokens = h.permute(0, 2, 3, 1).reshape(b, hh * ww, inner)
+        for blk in st.transformer_blocks:
+            idx = self._const_slots[id(blk)]
+            if blk.disable_self_attn:
+                tokens = tokens + consts[idx + 1]
+            else:
+                tokens = tokens + self._self_attention(blk, blk.norm1(tokens))
+            tokens = tokens + consts[idx]
+            tokens = tokens + blk.ff(blk.norm3(tokens))
+        h = tokens.reshape(b, hh, ww, inner).permute(0, 3, 1, 2)
+        if self.memory_format is torch.contiguous_format:
+            h = h.contiguous()
+        return st.proj_out(h) + x_in
+
+    def _self_attention(self, blk: BasicTransformerBlock, x):
+        a = blk.attn1
+        b, n, _ = x.shape
+        qkv = F.linear(x, self._qkv[id(blk)]).view(b, n, 3, a.heads, a.dim_head).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])            # (b, heads, n, d)
+        out = out.transpose(1, 2).reshape(b, n, a.heads * a.dim_head)
+        return a.to_out(out)
