@@ -50,11 +50,12 @@ def clip_preprocess(img: torch.Tensor, resolution: int = 224) -> torch.Tensor:
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` evaluated in fp32 and cast back (CLIP's fp16-safe LayerNorm)."""
+    """``nn.LayerNorm`` evaluated in (at least) fp32 and cast back (CLIP's fp16-safe LayerNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        orig_type = x.dtype
-        return super().forward(x.type(torch.float32)).type(orig_type)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        out = F.layer_norm(x.to(ct), self.normalized_shape, self.weight.to(ct), self.bias.to(ct), self.eps)
+        return out.type(x.dtype)
 
 
 class QuickGELU(nn.Module):

@@ -34,6 +34,11 @@ def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
         raise ValueError(f"{name} must be a list of integers, got {value!r}") from exc
 
 
+def _class_name(target: str) -> str:
+    """``'ldm.models.diffusion.ddpm_swap_att.LatentDiffusion' -> 'LatentDiffusion'`` (any module path accepted)."""
+    return target.rsplit(".", 1)[-1]
+
+
 @dataclass(frozen=True)
 class AttentionLayout:
     """Head layout of one ``SpatialTransformer``: ``heads * dim_head`` is its inner width."""
@@ -333,17 +338,17 @@ class Zero123Config:
             raise ValueError("not an ldm config: no top-level 'model' mapping")
         model = doc["model"]
         target = str(model.get("target", ""))
-        if not target.endswith("LatentDiffusion"):
+        if _class_name(target) != "LatentDiffusion":
             raise ValueError(f"model.target must be a LatentDiffusion class, got {target!r}")
         p = model.get("params") or {}
         for key in ("unet_config", "first_stage_config"):
             if not isinstance(p.get(key), Mapping):
                 raise ValueError(f"model.params.{key} is missing")
         unet_target = str(p["unet_config"].get("target", ""))
-        if not unet_target.endswith("UNetModel"):
+        if _class_name(unet_target) != "UNetModel":
             raise ValueError(f"unet_config.target must be an openaimodel UNetModel, got {unet_target!r}")
         vae_target = str(p["first_stage_config"].get("target", ""))
-        if not vae_target.endswith("AutoencoderKL"):
+        if _class_name(vae_target) != "AutoencoderKL":
             raise ValueError(f"first_stage_config.target must be AutoencoderKL, got {vae_target!r}")
         cond_key = p.get("conditioning_key", "hybrid")
         if cond_key != "hybrid":

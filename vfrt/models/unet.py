@@ -70,10 +70,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 
 
 class GroupNorm32(nn.GroupNorm):
-    """``GroupNorm`` evaluated in float32 and cast back (ldm ``normalization()``: 32 groups, eps 1e-5)."""
+    """``GroupNorm`` evaluated in (at least) float32 and cast back (ldm ``normalization()``: 32 groups, eps 1e-5).
+
+    fp16/bf16 inputs and weights are upcast to fp32; fp32 is the original computation; fp64 stays fp64.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        return F.group_norm(x.to(ct), self.num_groups, self.weight.to(ct), self.bias.to(ct), self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
