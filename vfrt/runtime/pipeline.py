@@ -182,7 +182,7 @@ class Pipeline:
                 img = self.engine.decode(z).float().cpu()
             cache.put(m + v, self.engine.encode_view(img))
             images.append(img[0].numpy())
-            if on_view is not None:
+            if on_view is not None and v >= len(resume):
                 on_view(v, images[-1], plan)
             log.info("view %d/%d done (K=%d)", v + 1, len(plans), plan.K)
         if self.engine.device.type == "cuda":

@@ -1,0 +1,123 @@
+"""`vfrt run` from the shell's point of view: outputs, resume, and clear errors (never tracebacks)."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vfrt.cli.main import cli
+from vfrt.runtime.run import RunConfig, RunError, run_to_folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    img = np.zeros((80, 80, 4), np.uint8)
+    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
+    img[15:65, 20:60, 3] = 255
+    path = tmp_path_factory.mktemp("img") / "object.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _args(tc, photo, out, *extra):
+    return ["run", str(photo), "-c", str(tc.ckpt), "--config", str(tc.yaml), "--steps", "4", "--device", "cpu",
+            "-o", str(out), *extra]
+
+
+def test_help_works():
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0 and "run" in res.output and "recon" in res.output
+
+
+def test_missing_checkpoint_says_what_to_get(photo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VFRT_CHECKPOINT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    res = CliRunner().invoke(cli, ["run", str(photo)])
+    assert res.exit_code != 0
+    assert "zero123-xl.ckpt" in res.output and "Traceback" not in res.output
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit)
+
+
+def test_orbit_run_writes_a_complete_folder(tiny_checkpoint, photo, tmp_path):
+    out = tmp_path / "orbit"
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8"))
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "views").iterdir()) == [f"{i:03d}.png" for i in range(8)]
+    for name in ("transforms.json", "cameras.json", "grid.png", "noise.npz", "run.json"):
+        assert (out / name).is_file(), name
+    tf = json.loads((out / "transforms.json").read_text())
+    assert len(tf["frames"]) == 8 and tf["frames"][1]["file_path"] == "views/001.png"
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["complete"] and len(meta["generated_views"]) == 7
+    assert not (tmp_path / "orbit.partial").exists()
+    # replaying the saved noise bank reproduces the views exactly
+    res2 = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "again", "--views", "8", "--seed", "9",
+                                         "--noise", str(out / "noise.npz")))
+    assert res2.exit_code == 0, res2.output
+    for i in range(8):
+        a = np.asarray(Image.open(out / "views" / f"{i:03d}.png"))
+        b = np.asarray(Image.open(tmp_path / "again" / "views" / f"{i:03d}.png"))
+        assert np.array_equal(a, b)
+    # an existing folder is not overwritten silently
+    res3 = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8"))
+    assert res3.exit_code != 0 and "already exists" in res3.output
+
+
+def test_single_mode_outputs(tiny_checkpoint, photo, tmp_path):
+    out = tmp_path / "single"
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--mode", "single", "--polar", "-10",
+                                        "--azimuth", "25"))
+    assert res.exit_code == 0, res.output
+    assert (out / "target.png").is_file() and (out / "views" / "step_03.png").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_model, photo, tmp_path):
+    from vfrt.runtime.pipeline import Pipeline
+    pipe = Pipeline(tiny_model, device="cpu", backend="reference")
+    cfg = RunConfig(views=6, steps=4)
+    full = run_to_folder(pipe, photo, cfg, tmp_path / "full")
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_to_folder(pipe, photo, cfg, out, on_view=stop_after_two)
+    assert not out.exists() and (tmp_path / "resumed.partial" / "generated" / "v01.npy").is_file()
+    seen = []
+    run_to_folder(pipe, photo, cfg, out, on_view=lambda d, t: seen.append(d))
+    assert seen == [3, 4, 5]  # views 1-2 were not generated again
+    for i in range(6):
+        assert np.array_equal(np.asarray(Image.open(full / "views" / f"{i:03d}.png")),
+                              np.asarray(Image.open(out / "views" / f"{i:03d}.png")))
+    with pytest.raises(RunError, match="already exists"):
+        run_to_folder(pipe, photo, cfg, out)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mode", "single"], "needs a target pose"),
+    (["--views", "1"], "views must be"),
+    (["--extra-input", "nope.png@0,90"], "image not found"),
+    (["--extra-input", "x"], "PATH@POLAR"),
+    (["--steps", "1"], "steps must be"),
+])
+def test_bad_arguments_are_reported(tiny_checkpoint, photo, tmp_path, extra, message):
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "bad", *extra))
+    assert res.exit_code != 0 and message in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_corrupt_noise_bank_and_checkpoint(tiny_checkpoint, photo, tmp_path):
+    bad = tmp_path / "bank.npz"
+    bad.write_bytes(b"junk")
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o", "--noise", str(bad)))
+    assert res.exit_code != 0 and "noise bank" in res.output
+    ck = tmp_path / "broken.ckpt"
+    ck.write_bytes(b"definitely not a checkpoint")
+    res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(ck), "--device", "cpu", "-o", str(tmp_path / "o2")])
+    assert res.exit_code != 0 and "Traceback" not in res.output

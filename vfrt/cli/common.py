@@ -1,0 +1,53 @@
+"""Helpers shared by the CLI commands: checkpoint discovery and error translation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+#: where `vfrt run` looks for weights when --checkpoint is not given (in order)
+DEFAULT_CHECKPOINT_PATHS = (
+    Path("checkpoints/zero123-xl.ckpt"),
+    Path("~/.cache/vfrt/zero123-xl.ckpt").expanduser(),
+    Path("checkpoints/105000.ckpt"),
+)
+
+MISSING_WEIGHTS = """No Zero123 checkpoint found.
+
+vfrt needs the Zero123 weights; they cannot be bundled. Get one of them, e.g. zero123-xl.ckpt
+(Zero-1-to-3 XL, ~15.5 GB; the original authors publish it with cvlab-columbia/zero123 -
+e.g. https://huggingface.co/cvlab/zero123-weights/resolve/main/zero123-xl.ckpt), then either
+  * put it at ./checkpoints/zero123-xl.ckpt or ~/.cache/vfrt/zero123-xl.ckpt, or
+  * pass --checkpoint /path/to/zero123-xl.ckpt (or set VFRT_CHECKPOINT).
+To try the tool without weights, make a tiny random checkpoint (its views are noise):
+  vfrt make-test-checkpoint /tmp/vfrt-tiny && vfrt run IMAGE --checkpoint /tmp/vfrt-tiny/tiny.ckpt --config /tmp/vfrt-tiny/tiny.yaml"""
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    """The checkpoint to use, or a ClickException explaining where to get one."""
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise click.ClickException(f"checkpoint not found: {p}\n\n{MISSING_WEIGHTS}")
+        return p
+    env = os.environ.get("VFRT_CHECKPOINT")
+    if env:
+        return resolve_checkpoint(env)
+    for p in DEFAULT_CHECKPOINT_PATHS:
+        if p.is_file():
+            return p
+    raise click.ClickException(MISSING_WEIGHTS)
+
+
+def load_pipeline(checkpoint, config, device, backend, trust_checkpoint, use_ema, engine_kwargs=None):
+    """Build a Pipeline, turning every expected failure into a one-line ClickException."""
+    from vfrt.models import CheckpointError
+    from vfrt.runtime.pipeline import Pipeline
+    try:
+        return Pipeline.from_checkpoint(checkpoint, config=config, device=device, backend=backend,
+                                        trust_checkpoint=trust_checkpoint, use_ema=use_ema, **(engine_kwargs or {}))
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(f"could not set up the pipeline: {exc}") from exc

@@ -1,0 +1,108 @@
+"""`vfrt run IMAGE`: novel views from one photo (orbit, single target pose, or several inputs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _parse_extra(values) -> tuple:
+    out = []
+    for v in values:
+        path, sep, pose = v.rpartition("@")
+        if not sep:
+            raise click.BadParameter(f"{v!r}: expected PATH@POLAR,AZIMUTH[,RADIUS]", param_hint="--extra-input")
+        try:
+            nums = [float(x) for x in pose.split(",")]
+        except ValueError as exc:
+            raise click.BadParameter(f"{v!r}: pose must be numbers", param_hint="--extra-input") from exc
+        if len(nums) not in (2, 3):
+            raise click.BadParameter(f"{v!r}: give POLAR,AZIMUTH[,RADIUS]", param_hint="--extra-input")
+        if not Path(path).is_file():
+            raise click.BadParameter(f"image not found: {path}", param_hint="--extra-input")
+        out.append((path, nums[0], nums[1], nums[2] if len(nums) == 3 else 0.0))
+    return tuple(out)
+
+
+@click.command("run")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("-c", "--checkpoint", help="Zero123 .ckpt or .safetensors (default: $VFRT_CHECKPOINT, "
+              "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="The checkpoint's ldm YAML (default: Zero123 full size).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a checkpoint you trust.")
+@click.option("--no-ema", is_flag=True, help="Use the raw UNet weights instead of the EMA weights.")
+@click.option("--mode", type=click.Choice(["orbit", "single"]), default="orbit", show_default=True)
+@click.option("--views", default=36, show_default=True, help="Views in the orbit, input included.")
+@click.option("--generate", type=int, default=None, help="Stop the orbit after this many generated views.")
+@click.option("--polar", default=0.0, show_default=True, help="Single mode: polar delta, degrees (negative = up).")
+@click.option("--azimuth", default=0.0, show_default=True, help="Single mode: azimuth delta, degrees.")
+@click.option("--radius", default=0.0, show_default=True, help="Single mode: radius delta.")
+@click.option("--extra-input", multiple=True, metavar="PATH@POLAR,AZIMUTH[,RADIUS]",
+              help="More input views with their pose relative to IMAGE (degrees); switches to multi-input orbit.")
+@click.option("--steps", default=75, show_default=True, help="DDIM steps (75 runs 76 UNet steps, as the original).")
+@click.option("--guidance", default=3.0, show_default=True)
+@click.option("--eta", default=1.0, show_default=True)
+@click.option("--inference-temp", default=0.5, show_default=True)
+@click.option("--auto-temp", default=None, type=float, help="[default: 0.5; 1.0 with --extra-input]")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False), help="Replay a noise bank (.npz).")
+@click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
+@click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
+              help="Fast backend compute dtype [default: float16 on CUDA].")
+@click.option("--noise-mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="Fast backend: K replayable draws per step, or one equivalent draw.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: runs/<image name>].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
+def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
+        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, no_preprocess, elevation,
+        device, backend, dtype, noise_mode, out, overwrite, no_resume):
+    """Generate novel views of the object in IMAGE (an RGBA photo with the background removed works best)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vfrt.runtime.noise import NoiseBank, NoiseBankError
+    from vfrt.runtime.preprocess import ImageInputError
+    from vfrt.runtime.run import RunConfig, RunError, run_to_folder
+    from vfrt.cli.common import load_pipeline, resolve_checkpoint
+
+    extras = _parse_extra(extra_input)
+    if extras and mode == "single":
+        raise click.UsageError("--extra-input works with the orbit mode only")
+    run_mode = "multi" if extras else mode
+    try:
+        cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
+                        delta_radius=radius, steps=steps, eta=eta, guidance=guidance, inference_temp=inference_temp,
+                        auto_temp=auto_temp if auto_temp is not None else (1.0 if extras else 0.5), seed=seed,
+                        preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        noise = NoiseBank.load(noise_path) if noise_path else None
+    except NoiseBankError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ckpt = resolve_checkpoint(checkpoint)
+    if backend == "auto":
+        import torch
+        backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
+    engine_kwargs = ({"noise_mode": noise_mode} | ({"dtype": dtype} if dtype else {})) if backend == "fast" else None
+    pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
+    out_dir = Path(out) if out else Path("runs") / Path(image).stem
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(f"{run_mode} ({pipe.backend}, {pipe.device})", total=None)
+        try:
+            folder = run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=not no_resume,
+                                   on_view=lambda done, total: bar.update(task, completed=done, total=total))
+        except (RunError, ImageInputError, NoiseBankError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            raise click.ClickException(f"interrupted; finished views are kept in {out_dir}.partial - run the same "
+                                       "command again to resume") from None
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise click.ClickException("the GPU ran out of memory: try --backend fast --dtype float16, fewer "
+                                           "--views, or --device cpu") from exc
+            raise
+    click.echo(f"done: {folder}")

@@ -1,0 +1,231 @@
+"""A whole `vfrt run`: validated configuration, generation, and an output folder that is either
+complete or clearly partial (resumable), never half-written under its final name.
+
+Layout of a finished orbit folder ``OUT/``::
+
+    views/000.png ... views/NNN.png   orbit order: 000 = the input, view i at azimuth i*360/N
+    transforms.json, cameras.json     SPEC §8 cameras (nerfstudio / OpenCV), for `vfrt recon`
+    grid.png, orbit.gif               contact sheet and turntable animation (gif needs imageio)
+    noise.npz                         the noise bank: `--noise OUT/noise.npz` reproduces the run
+    run.json                          parameters, timings, references and weights per view
+
+Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead.
+While running, everything goes to ``OUT.partial/`` (with each generated view as exact float32
+``.npy`` for resuming); the folder is renamed to ``OUT`` only when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+from PIL import Image
+
+from vfrt import __version__
+from vfrt.runtime.noise import NoiseBank
+from vfrt.runtime.preprocess import to_uint8
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["orbit", "single", "multi"]
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue (bad folder state, mismatched resume)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's output (validated on construction)."""
+
+    mode: Mode = "orbit"
+    views: int = 36
+    generate: int | None = None
+    delta_polar: float = 0.0
+    delta_azimuth: float = 0.0
+    delta_radius: float = 0.0
+    steps: int = 75
+    eta: float = 1.0
+    guidance: float = 3.0
+    inference_temp: float = 0.5
+    auto_temp: float = 0.5
+    seed: int = 0
+    preprocess: bool = True
+    elevation: float = 30.0
+    #: multi mode: (path, polar, azimuth, radius) of each extra input view, degrees
+    extra_inputs: tuple[tuple[str, float, float, float], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.mode not in ("orbit", "single", "multi"):
+            raise ValueError(f"mode must be orbit, single or multi, got {self.mode!r}")
+        if self.views < 2:
+            raise ValueError(f"views must be >= 2, got {self.views}")
+        if self.generate is not None and not 1 <= self.generate <= self.views - 1:
+            raise ValueError(f"generate must be in [1, {self.views - 1}], got {self.generate}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        for name in ("eta", "guidance", "delta_polar", "delta_azimuth", "delta_radius", "elevation"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if self.eta < 0 or self.guidance < 0:
+            raise ValueError("eta and guidance must be >= 0")
+        if self.inference_temp <= 0 or self.auto_temp <= 0:
+            raise ValueError("inference_temp and auto_temp must be > 0")
+        if self.mode == "single" and self.delta_polar == 0 and self.delta_azimuth == 0 and self.delta_radius == 0:
+            raise ValueError("single mode needs a target pose: give --polar, --azimuth and/or --radius")
+        if self.mode == "multi" and not self.extra_inputs:
+            raise ValueError("multi mode needs at least one extra input view")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    Image.fromarray(to_uint8(image)).save(path)
+
+
+def _grid(images: np.ndarray, cols: int = 6) -> Image.Image:
+    n, _, h, w = images.shape
+    rows = math.ceil(n / cols)
+    sheet = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for i, im in enumerate(images):
+        sheet.paste(Image.fromarray(to_uint8(im)), ((i % cols) * w, (i // cols) * h))
+    return sheet
+
+
+def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, *, noise: NoiseBank | None = None,
+                  overwrite: bool = False, resume: bool = True,
+                  on_view: Callable[[int, int], None] | None = None) -> Path:
+    """Generate with ``pipe`` and write the output folder ``out_dir`` (see module docstring).
+
+    ``on_view(done, total)`` is called after each generated view (for progress bars).
+    Returns the finished folder's path.
+    """
+    image = Path(image)
+    out = Path(out_dir)
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; choose another --out or pass --overwrite")
+    fingerprint = {"config": asdict(cfg), "image_sha256": _sha256(image),
+                   "noise_sha256": None if noise is None else hashlib.sha256(
+                       b"".join(a.tobytes() for a in noise.x_T + noise.step_noise)).hexdigest(),
+                   "backend": pipe.backend, "resolution": pipe.resolution}
+    fingerprint = json.loads(json.dumps(fingerprint))  # the form it has after a JSON round trip
+    done = []
+    if partial.exists():
+        meta_path = partial / "run.json"
+        old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        if resume and old is not None and old.get("fingerprint") == fingerprint:
+            v = 0
+            while (partial / "generated" / f"v{v:02d}.npy").is_file():
+                done.append(np.load(partial / "generated" / f"v{v:02d}.npy"))
+                v += 1
+            log.info("resuming %s: %d views already generated", partial, len(done))
+        else:
+            if old is not None and resume:
+                log.warning("%s belongs to a different run; starting over", partial)
+            shutil.rmtree(partial)
+    (partial / "generated").mkdir(parents=True, exist_ok=True)
+    (partial / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "complete": False}, indent=2))
+
+    def save_view(v: int, img: np.ndarray, plan) -> None:
+        tmp = partial / "generated" / f"v{v:02d}.tmp.npy"
+        np.save(tmp, img.astype(np.float32))
+        tmp.replace(partial / "generated" / f"v{v:02d}.npy")
+        if on_view is not None:
+            on_view(v + 1, total)
+
+    common = dict(steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance, inference_temp=cfg.inference_temp,
+                  auto_temp=cfg.auto_temp, seed=cfg.seed, noise=noise, preprocess=cfg.preprocess,
+                  on_view=save_view, resume=done)
+    t0 = time.perf_counter()
+    if cfg.mode == "orbit":
+        total = cfg.generate or cfg.views - 1
+        result = pipe.orbit(image, views=cfg.views, generate=cfg.generate, **common)
+    elif cfg.mode == "single":
+        from vfrt.runtime.poses import plan_single
+        total = len(plan_single(math.radians(cfg.delta_polar), math.radians(cfg.delta_azimuth), cfg.delta_radius))
+        result = pipe.single(image, delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
+                             delta_radius=cfg.delta_radius, **common)
+    else:
+        total = cfg.generate or cfg.views - 1
+        images = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
+        poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
+        result = pipe.multi_view(images, poses, views=cfg.views, generate=cfg.generate, **common)
+    seconds = time.perf_counter() - t0
+
+    _write_outputs(partial, result, cfg)
+    meta = {"fingerprint": fingerprint, "complete": True, "vfrt_version": __version__, "seconds": round(seconds, 3),
+            "generated_views": [{"generation_index": v, "pose_deg": [math.degrees(result.poses[v][0]),
+                                                                     math.degrees(result.poses[v][1]),
+                                                                     float(result.poses[v][2])],
+                                 "references": result.references[v].tolist(),
+                                 "weights": [float(w) for w in result.weights[v]]}
+                                for v in range(len(result.images))]}
+    (partial / "run.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(partial / "generated")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
+    views = folder / "views"
+    views.mkdir(exist_ok=True)
+    result.noise.save(folder / "noise.npz")
+    if cfg.mode == "single":
+        _save_png(views / "input.png", result.inputs[0])
+        for v, im in enumerate(result.images):
+            _save_png(views / f"step_{v + 1:02d}.png", im)
+        _save_png(folder / "target.png", result.images[-1])
+        _grid(np.concatenate([result.inputs[:1], result.images]), cols=8).save(folder / "grid.png")
+        (folder / "cameras.json").write_text(json.dumps({
+            "convention": "pose deltas relative to the input view (polar, azimuth in degrees, radius)",
+            "views": [{"file": f"views/step_{v + 1:02d}.png",
+                       "delta_polar_deg": math.degrees(p[0]), "delta_azimuth_deg": math.degrees(p[1]),
+                       "delta_radius": float(p[2])} for v, p in enumerate(result.poses)]}, indent=2))
+        return
+    orbit = result.orbit_images()
+    names = [f"views/{i:03d}.png" for i in range(len(orbit))]
+    for name, im in zip(names, orbit):
+        _save_png(folder / name, im)
+    _grid(orbit).save(folder / "grid.png")
+    _write_cameras(folder, result, cfg, names)
+    try:
+        import imageio.v2 as imageio
+        imageio.mimsave(folder / "orbit.gif", [to_uint8(im) for im in orbit], duration=0.08, loop=0)
+    except ImportError:
+        log.info("imageio not installed: no orbit.gif")
+
+
+def _write_cameras(folder: Path, result, cfg: RunConfig, names: list[str]) -> None:
+    from vfrt.recon.cameras import Intrinsics, world_to_camera, write_transforms_json
+    n = len(names)
+    complete = n == result.n_views
+    az = result.orbit_azimuths()
+    size = result.inputs.shape[-1]
+    k = Intrinsics.default(size)
+    cams = []
+    for name, a in zip(names, az):
+        w2c = world_to_camera(float(a), math.radians(cfg.elevation))
+        cams.append({"file": name, "azimuth_deg": math.degrees(float(a)), "elevation_deg": cfg.elevation,
+                     "polar_deg": 90.0 - cfg.elevation, "distance": 1.5, "world_to_camera_opencv": w2c.tolist()})
+    (folder / "cameras.json").write_text(json.dumps({
+        "convention": "SPEC §8: world z up, OpenCV world-to-camera; K at 256 px = [[280,0,128],[0,280,128],[0,0,1]]",
+        "K": [[k.fx, 0.0, k.cx - 0.5], [0.0, k.fy, k.cy - 0.5], [0.0, 0.0, 1.0]], "width": size, "height": size,
+        "views": cams}, indent=2))
+    if complete:
+        write_transforms_json(folder / "transforms.json", n, cfg.elevation, names, image_size=size)
