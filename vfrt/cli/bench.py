@@ -1,0 +1,39 @@
+"""`vfrt bench`: the reference vs fast benchmark (needs a CUDA GPU)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("bench")
+@click.option("-c", "--checkpoint", help="Weights to benchmark (default: full-size random weights made on the spot).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ks", default="1,2,4,8,12,16,20,25", show_default=True, help="Reference counts K to time.")
+@click.option("--repeats", default=30, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
+@click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine.")
+@click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+def bench(checkpoint, config, ks, repeats, dtype, no_reference, out):
+    """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; writes JSON."""
+    import torch
+
+    from vfrt.runtime.benchmark import format_table, run_benchmark, save_json
+    if not torch.cuda.is_available():
+        raise click.ClickException("vfrt bench needs a CUDA GPU (none is visible to PyTorch)")
+    try:
+        k_list = tuple(int(k) for k in ks.split(","))
+    except ValueError as exc:
+        raise click.BadParameter("comma-separated integers", param_hint="--ks") from exc
+    if checkpoint:
+        from vfrt.models import CheckpointError, load_zero123
+        try:
+            model = load_zero123(checkpoint, config=config)
+        except CheckpointError as exc:
+            raise click.ClickException(str(exc)) from exc
+    else:
+        from vfrt.models import Zero123
+        torch.manual_seed(0)
+        model = Zero123.from_config(None).eval()
+    res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, reference=not no_reference,
+                        fidelity=not no_reference)
+    save_json(res, out)
+    click.echo(format_table(res))

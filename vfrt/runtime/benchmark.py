@@ -1,0 +1,176 @@
+"""Reference vs fast engine on the same weights: per-K step latency, orbit time, memory, fidelity.
+
+Used by ``vfrt bench`` and ``benchmarks/bench_orbit.py``. Step latencies are medians of CUDA-event
+timings after warm-up. The reference orbit time is *estimated* from its per-K step latencies
+(sum over the orbit's views of 76 x step(K_v)) because running it costs minutes; the fast orbit
+is run for real, cold (including CUDA-graph captures) and warm.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from vfrt.runtime.poses import plan_orbit
+from vfrt.runtime.schedule import make_ddim_schedule
+
+log = logging.getLogger(__name__)
+
+
+def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def _random_refs(engine, K, size, gen):
+    imgs = [torch.rand((1, 3, size, size), generator=gen) * 2 - 1 for _ in range(K)]
+    return [engine.encode_view(im) for im in imgs]
+
+
+def _bind(engine, K, size, schedule, gen, guidance=3.0):
+    refs = _random_refs(engine, K, size, gen)
+    T = torch.randn((K, 4), generator=gen)
+    w = torch.softmax(torch.randn(K, generator=gen), 0)
+    return engine.bind(refs, T, w, schedule, guidance), w
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
+                  orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = False,
+                  reference: bool = True, device: str = "cuda") -> dict:
+    """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
+    from vfrt.engines.fast import FastEngine
+    from vfrt.engines.reference import ReferenceEngine
+    from vfrt.runtime.pipeline import Pipeline
+    if not torch.cuda.is_available():
+        raise RuntimeError("the benchmark needs a CUDA GPU")
+    dev = torch.device(device)
+    size = int(model.config.unet.image_size) * 8
+    sched = make_ddim_schedule(75, 1.0)
+    gen = torch.Generator().manual_seed(0)
+    res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "python": platform.python_version(),
+           "image_size": size, "dtype": dtype, "channels_last": channels_last,
+           "unet_params": sum(p.numel() for p in model.unet.parameters()), "steps_per_view": sched.num_steps}
+
+    # ---------------------------------------------------------------- fast engine
+    torch.cuda.reset_peak_memory_stats(dev)
+    torch.cuda.empty_cache()
+    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last)
+    res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
+    fast_ms, fast_eager_ms = {}, {}
+    for K in ks:
+        den, _ = _bind(fast, K, size, sched, gen)
+        x = torch.randn((1, 4, size // 8, size // 8), generator=gen)
+        noise = torch.randn((sched.num_steps, K, 4, size // 8, size // 8), generator=gen)
+        g = fast.step_graph(K, True, sched.num_steps, tuple(x.shape[1:]), tuple(den.h0.shape))
+        g.load(den, x.to(dev), den.combined_noise(noise, tuple(x.shape[1:])))
+        g.capture()
+
+        def replay():
+            g.step_idx.zero_()
+            g.graph.replay()
+        fast_ms[K] = _median_ms(replay, repeats)
+
+        def eager():
+            g.step_idx.zero_()
+            g.body()
+        fast_eager_ms[K] = _median_ms(eager, max(5, repeats // 3))
+        log.info("fast K=%d: graph %.2f ms, eager %.2f ms", K, fast_ms[K], fast_eager_ms[K])
+    res["fast_step_ms"] = fast_ms
+    res["fast_eager_step_ms"] = fast_eager_ms
+
+    plans = plan_orbit(36)
+    if orbit:
+        pipe = Pipeline.__new__(Pipeline)
+        pipe.device, pipe.backend, pipe.model_config, pipe.engine = dev, "fast", model.config, fast
+        img = torch.rand((1, 3, size, size), generator=gen) * 2 - 1
+        torch.cuda.reset_peak_memory_stats(dev)
+        fast._graphs.clear()
+        t0 = time.perf_counter()
+        pipe.orbit(img, views=36, preprocess=False, seed=1)
+        res["fast_orbit_cold_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = pipe.orbit(img, views=36, preprocess=False, seed=1)
+        res["fast_orbit_warm_s"] = time.perf_counter() - t0
+        res["fast_orbit_peak_allocated_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        res["fast_orbit_peak_reserved_gb"] = torch.cuda.max_memory_reserved(dev) / 1e9
+        res["fast_orbit_images_finite"] = bool(np.isfinite(out.images).all())
+    res["orbit_sum_K"] = int(sum(p.K for p in plans))
+
+    # ---------------------------------------------------------------- reference engine
+    if reference:
+        fidelity_inputs = None
+        if fidelity:
+            g2 = torch.Generator().manual_seed(5)
+            img = torch.rand((1, 3, size, size), generator=g2) * 2 - 1
+            fidelity_inputs = img
+            pipe_f = Pipeline.__new__(Pipeline)
+            pipe_f.device, pipe_f.backend, pipe_f.model_config, pipe_f.engine = dev, "fast", model.config, fast
+            fast_first = pipe_f.orbit(img, views=36, generate=2, preprocess=False, seed=3)
+        del fast
+        torch.cuda.empty_cache()
+        ref = ReferenceEngine(model, device=dev)
+        ref_ms = {}
+        for K in ks:
+            den, _ = _bind(ref, K, size, sched, gen)
+            x = torch.randn((1, 4, size // 8, size // 8), generator=gen, device="cpu").to(dev)
+            n = torch.randn((K, 4, size // 8, size // 8), generator=gen).to(dev)
+            ref_ms[K] = _median_ms(lambda: den.step(x, 10, n), ref_repeats, warmup=1)
+            log.info("reference K=%d: %.2f ms", K, ref_ms[K])
+        res["reference_step_ms"] = ref_ms
+        kk = np.array(sorted(ref_ms))
+        est = sum(sched.num_steps * float(np.interp(p.K, kk, [ref_ms[k] for k in kk])) for p in plans) / 1e3
+        res["reference_orbit_estimated_s"] = est
+        res["speedup_step"] = {K: ref_ms[K] / fast_ms[K] for K in ks}
+        if fidelity:
+            pipe_r = Pipeline.__new__(Pipeline)
+            pipe_r.device, pipe_r.backend, pipe_r.model_config, pipe_r.engine = dev, "reference", model.config, ref
+            ref_first = pipe_r.orbit(fidelity_inputs, views=36, generate=2, preprocess=False,
+                                     noise=fast_first.noise)
+            res["fidelity_psnr_db"] = [psnr(a, b) for a, b in zip(fast_first.images, ref_first.images)]
+            res["fidelity_max_abs"] = float(np.abs(fast_first.images - ref_first.images).max())
+    return res
+
+
+def format_table(res: dict) -> str:
+    lines = [f"GPU: {res['gpu']}  torch {res['torch']}  {res['image_size']}px  dtype {res['dtype']}  "
+             f"channels_last={res['channels_last']}",
+             f"{'K':>4} {'reference ms':>13} {'fast eager ms':>14} {'fast graph ms':>14} {'speed-up':>9}"]
+    for K, f in res["fast_step_ms"].items():
+        r = res.get("reference_step_ms", {}).get(K, float("nan"))
+        lines.append(f"{K:>4} {r:>13.2f} {res['fast_eager_step_ms'][K]:>14.2f} {f:>14.2f} {r / f:>9.1f}")
+    for key in ("fast_orbit_cold_s", "fast_orbit_warm_s", "reference_orbit_estimated_s",
+                "fast_orbit_peak_allocated_gb", "fast_orbit_peak_reserved_gb", "fast_weights_gb",
+                "fidelity_psnr_db", "fidelity_max_abs"):
+        if key in res:
+            v = res[key]
+            lines.append(f"{key}: {[round(x, 2) for x in v] if isinstance(v, list) else round(v, 3)}")
+    return "\n".join(lines)
+
+
+def save_json(res: dict, path) -> None:
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2, default=str)
