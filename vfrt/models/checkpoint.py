@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -404,8 +404,3 @@ def load_zero123(
     model.requires_grad_(False)
     return model
 
-
-def iter_unet_ema_pairs(model: Zero123) -> Iterable[tuple[str, str]]:
-    """``(unet parameter name, model_ema key)`` pairs, in parameter order (for writers and tests)."""
-    for name, _ in model.unet.named_parameters():
-        yield name, ema_key(name)

@@ -388,8 +388,7 @@ class UNet(nn.Module):
                 ch,
                 layout.heads,
                 layout.dim_head,
-                depth=cfg.transformer_depth,
-                dropout=cfg.dropout,
+                depth=cfg.transformer_depth,  # (the original passes no dropout to transformers)
                 context_dim=cfg.context_dim,
                 disable_self_attn=disabled_sa,
             )
