@@ -170,3 +170,46 @@ def test_default_config_values():
     b = cfg.schedule.betas()
     assert b.dtype.is_floating_point and b.shape == (1000,)
     assert abs(b[0].item() - 0.00085) < 1e-12 and abs(b[-1].item() - 0.012) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "factory, msg",
+    [
+        (lambda: ScheduleConfig(beta_schedule="cosine"), "linear"),
+        (lambda: ScheduleConfig(linear_start=0.1, linear_end=0.01), "linear_start"),
+        (lambda: ScheduleConfig(timesteps=0), "timesteps"),
+        (lambda: ScheduleConfig(scale_factor=0.0), "scale_factor"),
+        (lambda: VAEConfig(ch=48), "multiple of 32"),
+        (lambda: CLIPConfig(image_resolution=225), "multiple of patch_size"),
+        (lambda: CLIPConfig(width=100, heads=16), "divisible"),
+        (lambda: UNetConfig(model_channels=48), "multiple of 32"),
+        (lambda: UNetConfig(transformer_depth=0), "transformer_depth"),
+        (lambda: UNetConfig(dims=3), "dims"),
+        (lambda: UNetConfig(n_embed=16), "n_embed"),
+        (lambda: UNetConfig(num_heads=640), "heads=640, dim_head=0"),
+        (lambda: UNetConfig(channel_mult="1244"), "channel_mult"),
+        (lambda: Zero123Config(unet=UNetConfig(out_channels=3)), "out_channels"),
+        (lambda: tiny_config(60), "multiple of 16"),
+    ],
+)
+def test_config_validation_errors(factory, msg):
+    with pytest.raises(ValueError, match=msg):
+        factory()
+
+
+@pytest.mark.parametrize(
+    "old, new, msg",
+    [
+        ("scale_factor: 0.18215", "scale_factor: 0.18215\n    scale_by_std: true", "scale_by_std"),
+        ("scale_factor: 0.18215", "scale_factor: 0.18215\n    parameterization: x0", "eps"),
+        ("scale_factor: 0.18215", "scale_factor: 0.18215\n    given_betas: [0.1, 0.2]", "given_betas"),
+        ("scale_factor: 0.18215", "scale_factor: 0.18215\n    beta_schedule: cosine", "linear"),
+        ("first_stage_config:", "first_stage_configuration:", "first_stage_config"),
+        ("dropout: 0.0", "dropout: 0.0\n          tanh_out: true", "tanh_out"),
+        ("double_z: true", "double_z: false", "double_z"),
+    ],
+)
+def test_more_bad_yaml(old, new, msg):
+    assert old in ZERO123_YAML
+    with pytest.raises(ValueError, match=msg):
+        Zero123Config.from_yaml_text(ZERO123_YAML.replace(old, new, 1))

@@ -150,6 +150,14 @@ def test_shape_errors(tiny_model):
         tiny_model.project(torch.zeros(1, 32), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="pixels must be"):
         tiny_model.clip(torch.zeros(1, 3, 31, 31))
+    with pytest.raises(ValueError, match="1-D"):
+        timestep_embedding(torch.zeros(2, 1), 8)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        clip_preprocess(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="z must be"):
+        tiny_model.vae.decode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="clip_emb"):
+        tiny_model.project(torch.zeros(2, 32), torch.zeros(3, 4))
 
 
 # ----------------------------------------------------------------------------- numerics vs independent formulas
