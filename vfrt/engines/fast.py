@@ -52,12 +52,15 @@ class FastEngine:
         use_graphs: capture each step in a CUDA graph (default: True on CUDA).
         channels_last: NHWC activations for the UNet.
         fast_noise_seed: seed of the device generator used by ``noise_mode="fast"``.
+        compile: compile the UNet forward with TorchInductor (inside the CUDA graphs).
+        vae_dtype: VAE dtype (default: float16 on CUDA, as the original under autocast; float32 on CPU).
     """
 
     name = "fast"
 
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
-                 channels_last: bool = False, fast_noise_seed: int = 0):
+                 channels_last: bool = False, fast_noise_seed: int = 0, compile: bool = False,
+                 vae_dtype=None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -71,14 +74,15 @@ class FastEngine:
             raise ValueError("CUDA graphs need a CUDA device")
         self.config = model.config
         self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last)
+        if compile:
+            self.unet.compile()
+        self.vae_dtype = _dtype(vae_dtype if vae_dtype is not None else ("float16" if cuda else "float32"))
         # Encoders: CLIP in the compute dtype on CUDA (the original runs it in fp16 there too),
         # VAE and projection in fp32 (they run once per view).
-        enc = copy.copy(model)
         enc_modules = {"clip": copy.deepcopy(model.clip).to(self.device, self.dtype if cuda else torch.float32),
-                       "vae": copy.deepcopy(model.vae).to(self.device, torch.float32),
+                       "vae": copy.deepcopy(model.vae).to(self.device, self.vae_dtype),
                        "cc_projection": copy.deepcopy(model.cc_projection).to(self.device, torch.float32)}
         self._clip, self._vae, self._proj = enc_modules["clip"], enc_modules["vae"], enc_modules["cc_projection"]
-        self._model = model  # for embed/encode helpers (uses the module objects passed explicitly)
         self._emb_tables: dict[tuple, torch.Tensor] = {}
         self._coef_tables: dict[tuple, dict[str, torch.Tensor]] = {}
         self._graphs: dict[tuple, _StepGraph] = {}
@@ -95,13 +99,14 @@ class FastEngine:
         img = image.to(self.device, torch.float32)
         pix = clip_preprocess(img, self._clip.input_resolution).to(next(self._clip.parameters()).dtype)
         clip = self._clip(pix).float()
-        latent = self._vae.encode_mode(img).float()
+        latent = self._vae.encode_mode(img.to(self.vae_dtype)).float()
         return ViewEncoding(clip=clip, latent=latent, extra={"h0": self.unet.cond_first_conv(latent)})
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         sf = self.config.schedule.scale_factor
-        return torch.clamp(self._vae.decode((1.0 / sf) * z.to(self.device, torch.float32)), -1.0, 1.0)
+        z = ((1.0 / sf) * z.to(self.device, torch.float32)).to(self.vae_dtype)
+        return torch.clamp(self._vae.decode(z).float(), -1.0, 1.0)
 
     # ------------------------------------------------------------------ per-schedule tables
     def _tables(self, schedule, guidance: float):

@@ -58,12 +58,29 @@ class FastUNet:
         for b in self.blocks:               # attn2 constant, then attn1's when it is a cross-attention
             self._const_slots[id(b)] = slot
             slot += 2 if b.disable_self_attn else 1
-        # fused q/k/v weights for self-attention blocks
+        # fused q/k/v weights for self-attention blocks; weights the fast path never reads are
+        # dropped from the copy (attn1 q/k/v after fusing, attn2 q/k: one context token)
         self._qkv = {}
+        empty = torch.empty(0, device=self.device, dtype=dtype)
         for b in self.blocks:
             a = b.attn1
             if not b.disable_self_attn:
                 self._qkv[id(b)] = torch.cat([a.to_q.weight, a.to_k.weight, a.to_v.weight], 0).contiguous()
+                for lin in (a.to_q, a.to_k, a.to_v):
+                    lin.weight = torch.nn.Parameter(empty, requires_grad=False)
+            for lin in (b.attn2.to_q, b.attn2.to_k):
+                lin.weight = torch.nn.Parameter(empty, requires_grad=False)
+        self._forward_impl = self._forward_eager
+        self.compiled = False
+
+    def compile(self, mode: str = "max-autotune-no-cudagraphs") -> None:
+        """Compile the forward with TorchInductor (fused norms/activations), dynamic in the row count.
+
+        The compiled function is still captured in the engine's CUDA graphs; compilation happens
+        at the first call (about a minute; cached on disk by Inductor for later processes).
+        """
+        self._forward_impl = torch.compile(self._forward_eager, mode=mode, dynamic=None, fullgraph=False)
+        self.compiled = True
 
     # ------------------------------------------------------------------ per-schedule / per-view tables
     @torch.no_grad()
@@ -114,6 +131,13 @@ class FastUNet:
             consts: per-row attention constants from :meth:`context_constants` (R, 1, C).
         Returns: (R, 4, h, w) in ``self.dtype``.
         """
+        if self.compiled:
+            torch._dynamo.mark_dynamic(h0_cond, 0)
+            for c in consts:
+                torch._dynamo.mark_dynamic(c, 0)
+        return self._forward_impl(x, h0_cond, emb_row, consts)
+
+    def _forward_eager(self, x, h0_cond, emb_row, consts):
         xs = x.to(self.dtype).contiguous(memory_format=self.memory_format)
         h = F.conv2d(xs, self.w_x, None, padding=1) + h0_cond
         embs = self.split_emb(emb_row)

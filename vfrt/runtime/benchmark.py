@@ -59,7 +59,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
                   orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = False,
-                  reference: bool = True, device: str = "cuda") -> dict:
+                  reference: bool = True, device: str = "cuda", compile: bool = False) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
     from vfrt.engines.reference import ReferenceEngine
@@ -72,13 +72,13 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
     gen = torch.Generator().manual_seed(0)
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "python": platform.python_version(),
-           "image_size": size, "dtype": dtype, "channels_last": channels_last,
+           "image_size": size, "dtype": dtype, "channels_last": channels_last, "compile": compile,
            "unet_params": sum(p.numel() for p in model.unet.parameters()), "steps_per_view": sched.num_steps}
 
     # ---------------------------------------------------------------- fast engine
     torch.cuda.reset_peak_memory_stats(dev)
     torch.cuda.empty_cache()
-    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last)
+    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile)
     res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
     fast_ms, fast_eager_ms = {}, {}
     for K in ks:
@@ -118,6 +118,17 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
         res["fast_orbit_peak_allocated_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
         res["fast_orbit_peak_reserved_gb"] = torch.cuda.max_memory_reserved(dev) / 1e9
         res["fast_orbit_images_finite"] = bool(np.isfinite(out.images).all())
+        # where the peak comes from: one VAE decode, one K=25 view (graph already captured)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fast.decode(torch.randn((1, 4, size // 8, size // 8), device=dev))
+        res["fast_decode_extra_gb"] = (torch.cuda.max_memory_allocated(dev) - base) / 1e9
+        den, _ = _bind(fast, 25, size, sched, gen)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        den.run(torch.randn((1, 4, size // 8, size // 8)), torch.randn((sched.num_steps, 25, 4, size // 8, size // 8)))
+        res["fast_view_k25_extra_gb"] = (torch.cuda.max_memory_allocated(dev) - base) / 1e9
+        res["fast_resident_gb"] = base / 1e9
     res["orbit_sum_K"] = int(sum(p.K for p in plans))
 
     # ---------------------------------------------------------------- reference engine
@@ -157,13 +168,14 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
 
 def format_table(res: dict) -> str:
     lines = [f"GPU: {res['gpu']}  torch {res['torch']}  {res['image_size']}px  dtype {res['dtype']}  "
-             f"channels_last={res['channels_last']}",
+             f"channels_last={res['channels_last']}  compile={res['compile']}",
              f"{'K':>4} {'reference ms':>13} {'fast eager ms':>14} {'fast graph ms':>14} {'speed-up':>9}"]
     for K, f in res["fast_step_ms"].items():
         r = res.get("reference_step_ms", {}).get(K, float("nan"))
         lines.append(f"{K:>4} {r:>13.2f} {res['fast_eager_step_ms'][K]:>14.2f} {f:>14.2f} {r / f:>9.1f}")
     for key in ("fast_orbit_cold_s", "fast_orbit_warm_s", "reference_orbit_estimated_s",
                 "fast_orbit_peak_allocated_gb", "fast_orbit_peak_reserved_gb", "fast_weights_gb",
+                "fast_resident_gb", "fast_decode_extra_gb", "fast_view_k25_extra_gb",
                 "fidelity_psnr_db", "fidelity_max_abs"):
         if key in res:
             v = res[key]
