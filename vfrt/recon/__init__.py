@@ -1,0 +1,16 @@
+"""NeuS reconstruction from generated views: hash-grid encoding (reference + fused Triton
+kernel), fields, renderer, trainer, mesh extraction, demo renderer and mesh metrics.
+
+Self-contained: imports nothing from other ``vfrt`` subpackages. Heavy modules (trimesh,
+scikit-image, Triton) are imported lazily by the functions that need them.
+"""
+from vfrt.recon.cameras import write_transforms_json
+from vfrt.recon.config import HashGridConfig, ReconConfig
+from vfrt.recon.errors import (ConfigError, EmptySurfaceError, InputDataError, ReconError,
+                               TrainingDivergedError)
+from vfrt.recon.pipeline import ReconResult, reconstruct
+
+__all__ = [
+    "ConfigError", "EmptySurfaceError", "HashGridConfig", "InputDataError", "ReconConfig", "ReconError",
+    "ReconResult", "TrainingDivergedError", "reconstruct", "write_transforms_json",
+]

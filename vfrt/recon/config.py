@@ -160,17 +160,17 @@ class ReconConfig:
 
 _PRESET_FIELDS: dict[str, dict] = {
     "default": {},
-    # CPU-friendly: 64 px views, a small grid, a few hundred steps (about a minute on 2 cores).
+    # CPU-friendly: 64 px views, a small grid, 250 steps (a few minutes on 2 CPU cores).
     "quick": dict(
         image_size=64,
-        steps=300,
-        rays_per_batch=448,
+        steps=250,
+        rays_per_batch=256,
         foreground_rays_per_batch=64,
-        warmup_steps=30,
+        warmup_steps=25,
         cos_anneal_steps=100,
-        n_samples=24,
+        n_samples=16,
         n_importance=16,
-        hashgrid=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=8, finest_resolution=128),
+        hashgrid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, finest_resolution=64),
         progressive_start_levels=3,
         progressive_level_steps=25,
         sdf_hidden=32,

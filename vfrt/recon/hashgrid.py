@@ -58,12 +58,14 @@ def corner_indices(corners: torch.Tensor, resolution: int, dense: bool, table_si
     return h & (table_size - 1)  # T is a power of two: mod T of the 64-bit product == of the 32-bit one
 
 
-def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                          n_active: int | None = None) -> torch.Tensor:
     """Reference multiresolution hash encoding.
 
     Args:
         x: (N, 3) float32 positions in ``[0, 1]^3`` (clamped).
         table: (L, T, F) float32 feature table.
+        n_active: compute only the first ``n_active`` levels; the others are zeros.
     Returns:
         (N, L * F) float32 features; differentiable w.r.t. ``table`` and ``x``.
     """
@@ -71,7 +73,8 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridCon
     res, dense = level_metadata(cfg)
     corners = _CORNERS.to(x.device)
     outs = []
-    for lvl in range(cfg.n_levels):
+    n_active = cfg.n_levels if n_active is None else n_active
+    for lvl in range(n_active):
         pos = x * res[lvl]
         base = torch.floor(pos.detach()).to(torch.int64)
         base = torch.minimum(base, torch.full_like(base, res[lvl] - 1))  # x == 1 -> last cell, weight 1
@@ -82,6 +85,8 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridCon
         w = (c * frac[:, None, :] + (1 - c) * (1 - frac[:, None, :])).prod(dim=-1)  # (N, 8)
         feats = table[lvl][idx]  # (N, 8, F)
         outs.append((w[..., None] * feats).sum(dim=1))
+    if n_active < cfg.n_levels:
+        outs.append(x.new_zeros(x.shape[0], (cfg.n_levels - n_active) * cfg.n_features_per_level))
     return torch.cat(outs, dim=-1)
 
 
@@ -150,6 +155,7 @@ class HashGridEncoding(nn.Module):
         else:
             self.table = nn.Parameter(init_table(cfg, g))
         self.register_buffer("level_mask", torch.ones(cfg.output_dim), persistent=False)
+        self.n_active = cfg.n_levels
 
     @property
     def differentiable_wrt_input(self) -> bool:
@@ -160,6 +166,7 @@ class HashGridEncoding(nn.Module):
         mask = torch.zeros(self.cfg.n_levels, self.cfg.n_features_per_level, device=self.level_mask.device)
         mask[:n] = 1.0
         self.level_mask.copy_(mask.flatten())
+        self.n_active = n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "tcnn":
@@ -169,5 +176,5 @@ class HashGridEncoding(nn.Module):
 
             out = hash_encode_triton(x, self.table, self.cfg)
         else:
-            out = hash_encode_reference(x, self.table, self.cfg)
+            return hash_encode_reference(x, self.table, self.cfg, self.n_active)  # skips inactive levels
         return out * self.level_mask

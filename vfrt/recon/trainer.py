@@ -1,0 +1,152 @@
+"""NeuS training loop on loaded views (no SDS: the generated views are the supervision).
+
+Loss per batch (NeuS eq. 14, with the mask term of NeuS' "w/ mask" setting as BCE):
+``L = |C - C_gt|_1 + eikonal_weight * mean((|grad f| - 1)^2) + mask_weight * BCE(O, M)``.
+Batches: ``rays_per_batch`` rays drawn uniformly over all pixels of all views plus
+``foreground_rays_per_batch`` rays drawn from mask pixels. Learning rate: linear warm-up,
+then cosine annealing to ``lr * final_lr_factor``. Coarse-to-fine: the hash grid starts with
+``progressive_start_levels`` levels and gains one every ``progressive_level_steps`` steps.
+
+Non-finite losses are detected on the device every step and checked on the host every
+``nan_check_every`` steps (one sync); training then stops with
+:class:`~vfrt.recon.errors.TrainingDivergedError` naming the first bad step.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from vfrt.recon.cameras import pixel_rays
+from vfrt.recon.config import ReconConfig
+from vfrt.recon.data import ReconData
+from vfrt.recon.errors import ConfigError, TrainingDivergedError
+from vfrt.recon.fields import NeuSFields, build_fields
+from vfrt.recon.hashgrid import resolve_backend
+from vfrt.recon.renderer import render_rays
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, float], None]  # (steps done, latest loss)
+
+
+@dataclass
+class TrainResult:
+    """A trained NeuS model and how training went."""
+
+    fields: NeuSFields
+    device: torch.device
+    backend: str
+    steps: int
+    seconds: float
+    final_loss: float
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def lr_factor(step: int, cfg: ReconConfig) -> float:
+    """Linear warm-up to 1, then cosine annealing to ``final_lr_factor``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.final_lr_factor + (1.0 - cfg.final_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class _RayBank:
+    """All training rays on the device; draws a mixed batch of random and foreground rays."""
+
+    def __init__(self, data: ReconData, device: torch.device, seed: int) -> None:
+        c2w = torch.as_tensor(data.c2w)
+        o, d = pixel_rays(c2w, data.intrinsics)
+        self.origins = o.reshape(-1, 3).to(device)
+        self.dirs = d.reshape(-1, 3).to(device)
+        self.rgb = torch.as_tensor(data.images).reshape(-1, 3).to(device)
+        self.mask = torch.as_tensor(data.masks).reshape(-1).to(device)
+        self.fg = torch.nonzero(self.mask > 0.5).squeeze(1)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def sample(self, n_random: int, n_fg: int) -> torch.Tensor:
+        dev = self.origins.device
+        idx = torch.randint(0, self.origins.shape[0], (n_random,), device=dev, generator=self.gen)
+        if n_fg > 0 and self.fg.numel() > 0:
+            j = torch.randint(0, self.fg.numel(), (n_fg,), device=dev, generator=self.gen)
+            idx = torch.cat([idx, self.fg[j]])
+        return idx
+
+
+def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """Train NeuS on ``data`` with ``cfg``; returns the fields (on ``cfg.device``).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf (the message names the step).
+    """
+    device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)
+    torch.manual_seed(cfg.seed)
+    fields = build_fields(cfg, backend).to(device)
+    bank = _RayBank(data, device, cfg.seed)
+    use_amp = bool(cfg.mixed_precision and device.type == "cuda")
+    log.info("NeuS: %d views %dx%d, %d steps, hash-grid backend %s, device %s, fp16 colour net %s",
+             data.n_views, data.intrinsics.width, data.intrinsics.height, cfg.steps, backend, device, use_amp)
+
+    enc_params = list(fields.sdf.encoding.parameters())
+    enc_ids = {id(p) for p in enc_params}
+    mlp_params = [p for p in fields.sdf.parameters() if id(p) not in enc_ids] + list(fields.color.parameters())
+    opt = torch.optim.Adam([
+        {"params": enc_params, "lr": cfg.lr},
+        {"params": mlp_params, "lr": cfg.lr},
+        {"params": list(fields.variance.parameters()), "lr": cfg.lr_variance},
+    ], betas=(0.9, 0.99), eps=1e-15)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    losses = torch.zeros(cfg.steps, device=device)
+    history: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    checked = 0
+    for step in range(cfg.steps):
+        fields.sdf.set_progress(cfg.progressive_start_levels + step // max(1, cfg.progressive_level_steps))
+        idx = bank.sample(cfg.rays_per_batch, cfg.foreground_rays_per_batch)
+        out = render_rays(fields, bank.origins[idx], bank.dirs[idx], n_samples=cfg.n_samples,
+                          n_importance=cfg.n_importance, up_sample_steps=cfg.up_sample_steps,
+                          cos_anneal_ratio=min(1.0, step / max(1, cfg.cos_anneal_steps)), perturb=True,
+                          autocast_color=use_amp)
+        loss_rgb = F.l1_loss(out.color, bank.rgb[idx])
+        loss_eik = ((out.gradients.norm(dim=-1) - 1.0) ** 2).mean()
+        loss_mask = F.binary_cross_entropy(out.opacity.clamp(1e-3, 1.0 - 1e-3), bank.mask[idx])
+        loss = loss_rgb + cfg.eikonal_weight * loss_eik + cfg.mask_weight * loss_mask
+        losses[step] = loss.detach()
+
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+
+        if (step + 1) % cfg.nan_check_every == 0 or step + 1 == cfg.steps:
+            window = losses[checked:step + 1]
+            bad = torch.nonzero(~torch.isfinite(window))
+            if bad.numel():
+                raise TrainingDivergedError(checked + int(bad[0, 0]))
+            checked = step + 1
+            latest = float(window[-1])
+            history.append((step + 1, latest))
+            if progress is not None:
+                progress(step + 1, latest)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return TrainResult(fields, device, backend, cfg.steps, seconds, history[-1][1], history)
