@@ -285,3 +285,13 @@ def test_head_count_comes_from_the_config(tiny):
     m = load_zero123(tiny.safetensors, cfg)  # shapes cannot reveal the head count: it loads...
     attn = m.unet.input_blocks[1][1].transformer_blocks[0].attn1
     assert attn.heads == 4 and attn.dim_head == 8  # ...with the configured layout
+
+
+def test_ignorable_leftovers_do_not_matter(tiny_sd, tmp_path):
+    sd = dict(tiny_sd)
+    sd["first_stage_model.loss.logvar"] = torch.zeros(())
+    sd["cond_stage_model.model.transformer.resblocks.0.ln_1.weight"] = torch.ones(16)
+    sd["cond_stage_model.model.context_length"] = torch.tensor(77)
+    groups = split_original_state_dict(sd)
+    assert not groups["unexpected"] and "first_stage_model.loss.logvar" in groups["ignored"]
+    _assert_model_equal(load_zero123(_save(tmp_path, sd), tiny_config()), load_zero123(_save(tmp_path, tiny_sd, "b.safetensors"), tiny_config()))

@@ -176,18 +176,17 @@ def split_original_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[
     }
     clip_root = "cond_stage_model.model."
     for name, tensor in sd.items():
-        group = None
-        for module, prefix in PREFIXES.items():
-            if name.startswith(prefix):
-                group, key = module, name[len(prefix):]
-                break
-        if group is not None and not (group == "vae" and name.startswith(_VAE_LOSS_PREFIX)):
-            out[group][key] = tensor
-        elif name.startswith(_VAE_LOSS_PREFIX):
+        module = next((m for m, prefix in PREFIXES.items() if name.startswith(prefix)), None)
+        if name.startswith(_VAE_LOSS_PREFIX):
             out["ignored"][name] = tensor
+        elif module is not None:
+            out[module][name[len(PREFIXES[module]):]] = tensor
         elif name.startswith(EMA_PREFIX):
             rest = name[len(EMA_PREFIX):]
-            (out["ignored"] if rest in EMA_META else out["ema"])[name if rest in EMA_META else rest] = tensor
+            if rest in EMA_META:
+                out["ignored"][name] = tensor
+            else:
+                out["ema"][rest] = tensor
         elif name.startswith(clip_root):
             rest = name[len(clip_root):]
             if rest.startswith(_CLIP_TEXT_LEFTOVERS) or rest in _CLIP_TEXT_SCALARS:
