@@ -63,13 +63,13 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridCon
     """Reference multiresolution hash encoding.
 
     Args:
-        x: (N, 3) float32 positions in ``[0, 1]^3`` (clamped).
+        x: (N, 3) float32 positions in ``[0, 1]^3`` (clamped; NaN -> 0).
         table: (L, T, F) float32 feature table.
         n_active: compute only the first ``n_active`` levels; the others are zeros.
     Returns:
         (N, L * F) float32 features; differentiable w.r.t. ``table`` and ``x``.
     """
-    x = x.float().clamp(0.0, 1.0)
+    x = torch.nan_to_num(x.float(), nan=0.0).clamp(0.0, 1.0)  # NaN positions must not index the table
     res, dense = level_metadata(cfg)
     corners = _CORNERS.to(x.device)
     outs = []

@@ -49,6 +49,13 @@ def _corner(i0, i1, i2, f0, f1, f2, c: tl.constexpr, res, dense, T: tl.constexpr
     return idx, s0 * s1 * s2, sg0 * s1 * s2, s0 * sg1 * s2, s0 * s1 * sg2
 
 @triton.jit
+def _sanitize(x):
+    """Clamp to [0, 1]; NaN -> 0, so a diverged model can never index outside the table."""
+    x = tl.where(x == x, x, 0.0)
+    return tl.minimum(tl.maximum(x, 0.0), 1.0)
+
+
+@triton.jit
 def _cell(x0, x1, x2, res):
     resf = res.to(tl.float32)
     p0 = x0 * resf
@@ -66,9 +73,9 @@ def fwd(x_ptr, table_ptr, out_ptr, res_ptr, dense_ptr, N,
     offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     m = offs < N
     fo = tl.arange(0, F)
-    x0 = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 0, mask=m, other=0.0), 0.0), 1.0)
-    x1 = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 1, mask=m, other=0.0), 0.0), 1.0)
-    x2 = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 2, mask=m, other=0.0), 0.0), 1.0)
+    x0 = _sanitize(tl.load(x_ptr + offs * 3 + 0, mask=m, other=0.0))
+    x1 = _sanitize(tl.load(x_ptr + offs * 3 + 1, mask=m, other=0.0))
+    x2 = _sanitize(tl.load(x_ptr + offs * 3 + 2, mask=m, other=0.0))
     m2 = m[:, None] & (fo[None, :] < F)
     for lvl in range(L):
         res = tl.load(res_ptr + lvl)
@@ -92,9 +99,9 @@ def bwd(x_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_x_ptr, res_ptr, den
     r0 = tl.load(x_ptr + offs * 3 + 0, mask=m, other=0.0)
     r1 = tl.load(x_ptr + offs * 3 + 1, mask=m, other=0.0)
     r2 = tl.load(x_ptr + offs * 3 + 2, mask=m, other=0.0)
-    x0 = tl.minimum(tl.maximum(r0, 0.0), 1.0)
-    x1 = tl.minimum(tl.maximum(r1, 0.0), 1.0)
-    x2 = tl.minimum(tl.maximum(r2, 0.0), 1.0)
+    x0 = _sanitize(r0)
+    x1 = _sanitize(r1)
+    x2 = _sanitize(r2)
     m2 = m[:, None] & (fo[None, :] < F)
     gx0 = tl.zeros((BLOCK,), dtype=tl.float32)
     gx1 = tl.zeros((BLOCK,), dtype=tl.float32)

@@ -126,7 +126,8 @@ def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = 
                           autocast_color=use_amp)
         loss_rgb = F.l1_loss(out.color, bank.rgb[idx])
         loss_eik = ((out.gradients.norm(dim=-1) - 1.0) ** 2).mean()
-        loss_mask = F.binary_cross_entropy(out.opacity.clamp(1e-3, 1.0 - 1e-3), bank.mask[idx])
+        o, m = out.opacity.clamp(1e-3, 1.0 - 1e-3), bank.mask[idx]
+        loss_mask = -(m * torch.log(o) + (1.0 - m) * torch.log(1.0 - o)).mean()  # BCE; NaN-safe (no device assert)
         loss = loss_rgb + cfg.eikonal_weight * loss_eik + cfg.mask_weight * loss_mask
         losses[step] = loss.detach()
 

@@ -1,0 +1,93 @@
+"""End to end: quick preset on CPU, NaN detection, the `vfrt recon` command, config validation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vfrt.recon import ConfigError, ReconConfig, TrainingDivergedError, reconstruct
+from vfrt.recon.data import load_views
+
+TINY = dict(steps=12, image_size=32, mc_resolution=32, turntable_frames=2, turntable_size=32, nan_check_every=4,
+            rays_per_batch=128, foreground_rays_per_batch=32)
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo_orbit"
+
+
+def test_quick_preset_end_to_end(tiny_orbit, tmp_path):
+    cfg = ReconConfig.from_preset("quick", **TINY)
+    res = reconstruct(tiny_orbit, tmp_path / "out", cfg, reference_mesh=tiny_orbit / "reference.ply")
+    for fmt in ("ply", "obj", "glb"):
+        assert res.mesh_paths[fmt].stat().st_size > 0
+    assert res.turntable is not None and res.turntable.exists()
+    assert res.n_faces > 100 and res.metrics is not None and res.metrics.chamfer < 0.2
+    summary = json.loads((tmp_path / "out" / "recon.json").read_text())
+    assert summary["backend"] == "reference" and summary["config"]["preset"] == "quick"
+    import trimesh
+
+    mesh = trimesh.load(res.mesh_paths["ply"], force="mesh")
+    assert mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+
+
+def test_nan_during_training_is_reported(tiny_orbit, monkeypatch):
+    import vfrt.recon.trainer as trainer
+
+    real = trainer.render_rays
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:  # step index 5
+            out.color = out.color * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer, "render_rays", poisoned)
+    cfg = ReconConfig.from_preset("quick", **TINY)
+    with pytest.raises(TrainingDivergedError, match="step 5"):
+        trainer.train_neus(load_views(tiny_orbit, image_size=32), cfg)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        ReconConfig.from_preset("fast")
+    with pytest.raises(ConfigError, match="elevation"):
+        ReconConfig(elevation_deg=95)
+    with pytest.raises(ConfigError, match="multiple of up_sample_steps"):
+        ReconConfig(n_importance=33)
+    with pytest.raises(ConfigError, match="unknown ReconConfig field"):
+        ReconConfig.from_preset("quick", stepz=3)
+    assert ReconConfig.from_preset("quick", steps=None).steps == 250
+
+
+def test_cli_recon_bad_input_is_a_clean_error(tmp_path):
+    from vfrt.cli.recon import recon
+
+    res = CliRunner().invoke(recon, [str(tmp_path / "missing"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(recon, [str(tmp_path), "--device", "cuda"] if not torch.cuda.is_available()
+                             else [str(tmp_path)])
+    assert res.exit_code == 1 and "Error" in res.output
+
+
+def test_cli_recon_runs(tiny_orbit, tmp_path):
+    from vfrt.cli.recon import recon
+
+    res = CliRunner().invoke(recon, [str(tiny_orbit), "-o", str(tmp_path / "o"), "--preset", "quick", "--steps", "4",
+                                     "--image-size", "24", "--mc-resolution", "24", "--no-turntable"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "mesh.glb").exists() and (tmp_path / "o" / "recon.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_preset_on_bundled_demo_is_accurate(tmp_path):
+    res = reconstruct(DEMO, tmp_path / "out", ReconConfig.from_preset("quick"), reference_mesh=DEMO / "reference.ply")
+    assert res.metrics.chamfer < 0.03 and res.metrics.fscore > 0.5
+
+
+def test_bundled_demo_is_loadable():
+    data = load_views(DEMO)
+    assert data.n_views >= 12 and data.source == "transforms.json"
+    assert (DEMO / "reference.ply").exists()
