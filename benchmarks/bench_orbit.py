@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--ks", default="1,2,4,8,12,16,20,25")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--dtype", default="float16")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--no-channels-last", action="store_true", help="NCHW activations (default: channels-last)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet forward (inside the graphs)")
     ap.add_argument("--no-orbit", action="store_true")
@@ -35,7 +35,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = Zero123.from_config(None).eval()
     res = run_benchmark(model, ks=tuple(int(k) for k in args.ks.split(",")), repeats=args.repeats, dtype=args.dtype,
-                        channels_last=args.channels_last, reference=not args.no_reference,
+                        channels_last=not args.no_channels_last, reference=not args.no_reference,
                         orbit=not args.no_orbit, fidelity=not args.no_reference, compile=args.compile)
     res["command"] = "python benchmarks/bench_orbit.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False))

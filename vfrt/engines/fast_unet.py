@@ -73,7 +73,7 @@ class FastUNet:
         self._forward_impl = self._forward_eager
         self.compiled = False
 
-    def compile(self, mode: str = "max-autotune-no-cudagraphs") -> None:
+    def compile(self, mode: str = "default") -> None:
         """Compile the forward with TorchInductor (fused norms/activations), dynamic in the row count.
 
         The compiled function is still captured in the engine's CUDA graphs; compilation happens

@@ -58,7 +58,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
-                  orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = False,
+                  orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
                   reference: bool = True, device: str = "cuda", compile: bool = False) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
