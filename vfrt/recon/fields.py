@@ -3,8 +3,9 @@
 References: NeuS (Wang et al., NeurIPS 2021) eq. 1-4; geometric initialisation of
 Atzmon & Lipman (SAL, CVPR 2020), as used by IDR/NeuS; hash encoding as in instant-nsr-pl.
 
-SDF gradients are taken by **central finite differences** (as instant-nsr-pl and NeuS2 do
-with hash grids): ``grad_k = (f(x + eps e_k) - f(x - eps e_k)) / (2 eps)``. The eikonal loss
+SDF gradients are taken by **finite differences** (as instant-nsr-pl and NeuS2 do with hash
+grids), here tetrahedral differences (4 evaluations, see
+:meth:`SDFNetwork.forward_with_gradient`). The eikonal loss
 then needs only first-order backward through the encoding, which the fused Triton kernel
 provides. ``eps`` follows the finest active level (coarse-to-fine, see :meth:`SDFNetwork.set_progress`).
 """
@@ -56,9 +57,12 @@ class SDFNetwork(nn.Module):
     def set_progress(self, n_active_levels: int) -> None:
         """Enable the ``n_active_levels`` coarsest levels; finite-difference eps follows the finest."""
         n = max(1, min(self.cfg.hashgrid.n_levels, n_active_levels))
+        if n == getattr(self, "_n_active", None):
+            return
+        self._n_active = n
         self.encoding.set_active_levels(n)
         res = self.cfg.hashgrid.resolutions[n - 1]
-        self.fd_eps = 2.0 * self.bound / res * 0.5  # half a cell of the finest active level, world units
+        self.fd_eps = 2.0 * self.bound / res * 0.5 / 3**0.5  # offsets of length half a cell of the finest active level
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = ((x / self.bound) + 1.0) * 0.5
@@ -73,16 +77,24 @@ class SDFNetwork(nn.Module):
         return self.forward(x)[0]
 
     def forward_with_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SDF, feature and finite-difference gradient ``(N,), (N, F), (N, 3)`` in one batched call."""
+        """SDF, feature and finite-difference gradient ``(N,), (N, F), (N, 3)`` from 4 evaluations.
+
+        Tetrahedral differences: with ``v_k`` the 4 vertices ``(+-1, +-1, +-1)`` of a regular
+        tetrahedron (``sum_k v_k v_k^T = 4 I``), ``grad f ~ sum_k v_k f(x + eps v_k) / (4 eps)``
+        and ``f(x) ~ mean_k f(x + eps v_k)`` (both O(eps^2)). 4 SDF evaluations instead of the
+        7 of centre + central differences.
+        """
         n = x.shape[0]
         eps = self.fd_eps
-        offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
-        shifted = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0).reshape(-1, 3)
-        sdf_all, feat_all = self.forward(torch.cat([x, shifted], dim=0))
-        sdf, feat = sdf_all[:n], feat_all[:n]
-        s = sdf_all[n:].reshape(2, 3, n)
-        grad = ((s[0] - s[1]) / (2 * eps)).T
-        return sdf, feat, grad
+        v = _TETRA.to(device=x.device, dtype=x.dtype)  # (4, 3)
+        pts = (x[None] + eps * v[:, None]).reshape(-1, 3)
+        sdf_all, feat_all = self.forward(pts)
+        s = sdf_all.reshape(4, n)
+        grad = torch.einsum("kn,kc->nc", s, v) / (4.0 * eps)
+        return s.mean(0), feat_all.reshape(4, n, -1).mean(0), grad
+
+
+_TETRA = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
 
 
 class ColorNetwork(nn.Module):

@@ -109,7 +109,7 @@ def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = 
         {"params": enc_params, "lr": cfg.lr},
         {"params": mlp_params, "lr": cfg.lr},
         {"params": list(fields.variance.parameters()), "lr": cfg.lr_variance},
-    ], betas=(0.9, 0.99), eps=1e-15)
+    ], betas=(0.9, 0.99), eps=1e-15, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
