@@ -32,7 +32,7 @@ def test_fast_fp32_on_gpu_matches_reference(tiny_model, image, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=4, steps=12,
                                                                         seed=2, preprocess=False)
-    out = _pipe(tiny_model, dtype="float32").orbit(image, views=36, generate=4, steps=12, noise=ref.noise,
+    out = _pipe(tiny_model, dtype="float32", vae_dtype="float32").orbit(image, views=36, generate=4, steps=12, noise=ref.noise,
                                                    preprocess=False)
     assert np.abs(out.images - ref.images).max() <= 1e-4
 

@@ -152,3 +152,25 @@ def test_bad_arguments(ref_pipe, image):
             raise RuntimeError("cuda present: nothing to check")
     with pytest.raises(ValueError, match="unknown backend"):
         Pipeline(ref_pipe.engine.model, device="cpu", backend="tensorrt-please")
+
+
+@torch.no_grad()
+def test_fast_engine_handles_K_beyond_its_preallocated_buffers(tiny_model):
+    """K = 27 > 25 (the buffers' initial size): buffers grow, graphs re-capture - never a wrong answer."""
+    from vfrt.engines.fast import FastEngine
+    from vfrt.engines.reference import ReferenceEngine
+    g = torch.Generator().manual_seed(21)
+    K = 27
+    imgs = [torch.rand((1, 3, 64, 64), generator=g) * 2 - 1 for _ in range(K)]
+    T = torch.randn((K, 4), generator=g)
+    w = torch.softmax(torch.randn(K, generator=g), 0)
+    sched = make_ddim_schedule(4, 1.0)
+    x_T = torch.randn((1, 4, 8, 8), generator=g)
+    noise = torch.randn((sched.num_steps, K, 4, 8, 8), generator=g)
+    fast, ref = FastEngine(tiny_model, device="cpu"), ReferenceEngine(tiny_model, device="cpu")
+    small = fast.bind([fast.encode_view(i) for i in imgs[:2]], T[:2], torch.tensor([0.5, 0.5]), sched, 3.0)
+    small.run(x_T, noise[:, :2])
+    z_f = fast.bind([fast.encode_view(i) for i in imgs], T, w, sched, 3.0).run(x_T, noise)
+    z_r = ref.bind([ref.encode_view(i) for i in imgs], T, w, sched, 3.0).run(x_T, noise)
+    assert fast._static["rows"] >= K + 1
+    torch.testing.assert_close(z_f, z_r, atol=1e-4, rtol=1e-4)

@@ -144,6 +144,28 @@ class FastEngine:
         w = weights.to(self.device, torch.float32).reshape(K)
         return _FastDenoiser(self, K, guided, float(guidance), h0, consts, w, emb_table, coef, schedule.num_steps)
 
+    def static_buffers(self, rows: int, S: int, latent_shape, h0_shape) -> dict:
+        """Graph input buffers shared by all captured graphs; grown (with re-capture) when too small."""
+        key = (S, tuple(latent_shape), tuple(h0_shape[1:]))
+        buf = getattr(self, "_static", None)
+        if buf is None or buf["key"] != key or buf["rows"] < rows:
+            rows = max(rows, 26)  # the 36-view orbit needs up to K = 25 (+1 unconditional row)
+            dev, dt, u = self.device, self.dtype, self.unet
+            ctx_dim = u.blocks[0].attn2.to_v.in_features
+            widths = [c.shape[-1] for c in u.context_constants(torch.zeros((1, 1, ctx_dim), device=dev))]
+            buf = {"key": key, "rows": rows,
+                   "x": torch.zeros((1, *latent_shape), device=dev),
+                   "step_idx": torch.zeros((1,), dtype=torch.long, device=dev),
+                   "s": torch.zeros((), device=dev),
+                   "h0": torch.zeros((rows, *h0_shape[1:]), device=dev, dtype=dt).contiguous(
+                       memory_format=u.memory_format),
+                   "consts": [torch.zeros((rows, 1, wd), device=dev, dtype=dt) for wd in widths],
+                   "w": torch.zeros((rows,), device=dev),
+                   "noise": torch.zeros((S, 1, *latent_shape), device=dev)}
+            self._static = buf
+            self._graphs.clear()  # graphs captured on the old buffers are invalid
+        return buf
+
     def step_graph(self, K: int, guided: bool, S: int, latent_shape, h0_shape) -> "_StepGraph":
         key = (K, guided, S, tuple(latent_shape))
         g = self._graphs.get(key)
@@ -157,19 +179,17 @@ class _StepGraph:
     """Static buffers + (on CUDA) a captured graph of one full interpolated step for one K."""
 
     def __init__(self, engine: FastEngine, K: int, guided: bool, S: int, latent_shape, h0_shape):
-        dev, dt = engine.device, engine.dtype
         self.engine, self.K, self.guided, self.S = engine, K, guided, S
         rows = K + 1 if guided else K
-        u = engine.unet
-        self.x = torch.zeros((1, *latent_shape), device=dev)
-        self.step_idx = torch.zeros((1,), dtype=torch.long, device=dev)
-        self.h0 = torch.zeros((rows, *h0_shape[1:]), device=dev, dtype=dt).contiguous(memory_format=u.memory_format)
-        self.consts = [torch.zeros((rows, 1, c.shape[-1]), device=dev, dtype=dt)
-                       for c in u.context_constants(torch.zeros((1, 1, u.blocks[0].attn2.to_v.in_features),
-                                                                device=dev))]
-        self.w = torch.zeros((K,), device=dev)
-        self.s = torch.zeros((), device=dev)
-        self.noise = torch.zeros((S, 1, *latent_shape), device=dev)
+        # Static inputs are views into buffers shared by every graph of the engine (graphs replay
+        # one at a time, and each view loads its data before replaying), so memory does not grow
+        # with the number of captured K.
+        buf = engine.static_buffers(rows, S, latent_shape, h0_shape)
+        self.x, self.step_idx, self.s = buf["x"], buf["step_idx"], buf["s"]
+        self.h0 = buf["h0"][:rows]
+        self.consts = [c[:rows] for c in buf["consts"]]
+        self.w = buf["w"][:K]
+        self.noise = buf["noise"]
         self.emb_table = None  # set per view (same object for a schedule)
         self.coef = None
         self.graph = None
