@@ -2,8 +2,9 @@
 
 The Triton tests run on CPU through Triton's interpreter (``TRITON_INTERPRET=1``, set here
 before the kernel module is imported) and on CUDA when present. Tolerances: values 1e-5
-absolute (fp32, identical arithmetic), gradients 1e-4 relative to the largest gradient
-(the kernel accumulates in a different order, with atomics).
+absolute plus the position rounding of the finest level (``4 * R_max * 2^-24 * max|table|``:
+the compiled kernel may contract ``x * R - floor(x * R)`` into an FMA), gradients 1e-4 of the
+largest gradient (the kernel accumulates in another order, with atomics).
 """
 from __future__ import annotations
 
@@ -77,7 +78,10 @@ def _compare(device: str, n: int, cfg: HashGridConfig, seed: int):
     out_t = hash_encode_triton(xt, tt, cfg)
     (out_r * grad_out).sum().backward()
     (out_t * grad_out).sum().backward()
-    torch.testing.assert_close(out_t, out_r, atol=1e-5, rtol=1e-5)
+    # p = x * R has an ulp of R * 2^-24; the compiled kernel may fuse x * R - floor(p) into an FMA,
+    # so the trilinear weights may differ by that much at the finest level (the interpreter does not).
+    atol = 1e-5 + 4 * cfg.finest_resolution * 2.0**-24 * float(table.abs().max())
+    torch.testing.assert_close(out_t, out_r, atol=atol, rtol=1e-5)
     scale_t = tr.grad.abs().max()
     assert (tt.grad - tr.grad).abs().max() <= 1e-4 * scale_t
     scale_x = xr.grad.abs().max()

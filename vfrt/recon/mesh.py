@@ -108,7 +108,9 @@ def write_turntable(mesh, path: str | Path, frames: int = 24, size: int = 256, e
     from vfrt.recon.render_mesh import render_views
 
     cols = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
-    rgba = render_views(mesh, orbit_world_to_camera(frames, elevation_deg), Intrinsics.default(size), cols, device)
+    # vertex colours already hold the views' baked shading: only a light extra shading for shape cues
+    rgba = render_views(mesh, orbit_world_to_camera(frames, elevation_deg), Intrinsics.default(size), cols, device,
+                        ambient=0.8)
     rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
     imgs = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
     path = Path(path)

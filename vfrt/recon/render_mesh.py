@@ -118,11 +118,11 @@ def interpolate(frag: Fragments, faces: torch.Tensor, attr: torch.Tensor) -> tor
     return out * frag.mask[..., None]
 
 
-def shade(normals: torch.Tensor, albedo: torch.Tensor) -> torch.Tensor:
-    """View-independent Lambert shading with a fixed world light: ``albedo * (0.55 + 0.45 max(0, n.l))``."""
+def shade(normals: torch.Tensor, albedo: torch.Tensor, ambient: float = 0.55) -> torch.Tensor:
+    """View-independent Lambert shading, fixed world light: ``albedo * (a + (1 - a) max(0, n.l))``."""
     light = torch.as_tensor(LIGHT_DIR, dtype=normals.dtype, device=normals.device)
     n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return albedo * (0.55 + 0.45 * (n @ light).clamp_min(0.0))[..., None]
+    return albedo * (ambient + (1.0 - ambient) * (n @ light).clamp_min(0.0))[..., None]
 
 
 def procedural_albedo(points: torch.Tensor) -> torch.Tensor:
@@ -135,11 +135,11 @@ def procedural_albedo(points: torch.Tensor) -> torch.Tensor:
 
 
 def render_views(mesh, w2cs: np.ndarray, intr: Intrinsics, vertex_colors: np.ndarray | None = None,
-                 device: str | torch.device = "cpu") -> np.ndarray:
+                 device: str | torch.device = "cpu", ambient: float = 0.55) -> np.ndarray:
     """RGBA float32 (N, H, W, 4) renders of a trimesh mesh over a transparent background.
 
     Colour: ``vertex_colors`` (V, 3) in [0, 1] if given, else :func:`procedural_albedo` of the
-    interpolated world position; both Lambert-shaded with :func:`shade`.
+    interpolated world position; both Lambert-shaded with :func:`shade` (``ambient``).
     """
     dev = torch.device(device)
     verts = torch.as_tensor(np.array(mesh.vertices), dtype=torch.float32, device=dev)
@@ -154,7 +154,7 @@ def render_views(mesh, w2cs: np.ndarray, intr: Intrinsics, vertex_colors: np.nda
             albedo = procedural_albedo(interpolate(frag, faces, verts))
         else:
             albedo = interpolate(frag, faces, vcol)
-        rgb = shade(n, albedo) * frag.mask[..., None]
+        rgb = shade(n, albedo, ambient) * frag.mask[..., None]
         out.append(torch.cat([rgb, frag.mask[..., None].float()], -1).cpu().numpy())
     return np.stack(out).astype(np.float32)
 
