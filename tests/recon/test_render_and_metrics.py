@@ -60,3 +60,13 @@ def test_eval_mesh_cli(tmp_path):
     assert "chamfer" in res.output and (tmp_path / "m.json").exists()
     res = CliRunner().invoke(eval_mesh, [str(tmp_path / "a.ply"), str(tmp_path / "missing.ply")])
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("shape", ["capsule", "torus", "box", "sphere"])
+def test_demo_shapes_stay_inside_the_frame(shape):
+    from vfrt.recon.cameras import orbit_world_to_camera
+    from vfrt.recon.render_mesh import demo_mesh, render_views
+
+    alpha = render_views(demo_mesh(shape), orbit_world_to_camera(8, 30.0), Intrinsics.default(64))[..., 3]
+    border = np.concatenate([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], axis=1)
+    assert border.max() == 0 and alpha.mean() > 0.05

@@ -160,14 +160,18 @@ def render_views(mesh, w2cs: np.ndarray, intr: Intrinsics, vertex_colors: np.nda
 
 
 def demo_mesh(shape: str = "capsule"):
-    """A known mesh inside the unit sphere: ``capsule`` (tilted), ``torus``, ``box`` or ``sphere``."""
+    """A known mesh inside the unit sphere: ``capsule`` (tilted), ``torus``, ``box`` or ``sphere``.
+
+    Each fits inside every view of the default orbit (no part crosses the image border; a test
+    checks this): NeuS cannot constrain geometry outside the view frusta.
+    """
     import trimesh
 
     if shape == "capsule":
         m = trimesh.creation.capsule(height=0.5, radius=0.25, count=[48, 48])
         m.apply_transform(trimesh.transformations.rotation_matrix(math.radians(60), [1, 0.3, 0]))
     elif shape == "torus":
-        m = trimesh.creation.torus(major_radius=0.5, minor_radius=0.2, major_sections=96, minor_sections=48)
+        m = trimesh.creation.torus(major_radius=0.4, minor_radius=0.15, major_sections=96, minor_sections=48)
         m.apply_transform(trimesh.transformations.rotation_matrix(math.radians(20), [1, 0, 0]))
     elif shape == "box":
         m = trimesh.creation.box(extents=[0.8, 0.6, 0.5])
