@@ -51,6 +51,11 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
     except ReconError as exc:
         raise click.ClickException(str(exc)) from None
     out_dir = out_dir or Path(f"recon_{input_dir.resolve().name}")
+    if cfg.preset == "default" and cfg.device != "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            log.warning("no CUDA device: the default preset is slow on a CPU; consider --preset quick")
     with Progress(TextColumn("NeuS"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=cfg.steps, loss="-")
