@@ -54,12 +54,14 @@ def _parse_extra(values) -> tuple:
               help="Fast backend compute dtype [default: float16 on CUDA].")
 @click.option("--noise-mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="Fast backend: K replayable draws per step, or one equivalent draw.")
+@click.option("--compile", "compile_unet", is_flag=True,
+              help="Fast backend: torch.compile the UNet (~1.7x faster steps; ~40 s compile once per process).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: runs/<image name>].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, no_preprocess, elevation,
-        device, backend, dtype, noise_mode, out, overwrite, no_resume):
+        device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
     """Generate novel views of the object in IMAGE (an RGBA photo with the background removed works best)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -87,7 +89,8 @@ def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, genera
     if backend == "auto":
         import torch
         backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
-    engine_kwargs = ({"noise_mode": noise_mode} | ({"dtype": dtype} if dtype else {})) if backend == "fast" else None
+    engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet} | ({"dtype": dtype} if dtype else {})
+                     if backend == "fast" else None)
     pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
     out_dir = Path(out) if out else Path("runs") / Path(image).stem
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
