@@ -174,3 +174,31 @@ def test_fast_engine_handles_K_beyond_its_preallocated_buffers(tiny_model):
     z_r = ref.bind([ref.encode_view(i) for i in imgs], T, w, sched, 3.0).run(x_T, noise)
     assert fast._static["rows"] >= K + 1
     torch.testing.assert_close(z_f, z_r, atol=1e-4, rtol=1e-4)
+
+
+def test_k_buckets_pad_with_zero_weights_exactly(tiny_model, image, ref_orbit):
+    plain = Pipeline(tiny_model, device="cpu", backend="fast")
+    bucketed = Pipeline(tiny_model, device="cpu", backend="fast", k_buckets=(1, 4, 8))
+    a = plain.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
+    b = bucketed.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
+    assert bucketed.engine._padded_k(2) == 4 and bucketed.engine._padded_k(9) == 9
+    assert np.abs(a.images - b.images).max() <= 1e-5
+    with pytest.raises(ValueError, match="k_buckets"):
+        Pipeline(tiny_model, device="cpu", backend="fast", k_buckets=(0, 2))
+
+
+@torch.no_grad()
+def test_fast_noise_mode_has_the_distribution_of_the_weighted_sum(tiny_model):
+    """SPEC §6: sum_k w_k n_k ~ N(0, sum_k w_k^2); the fast mode draws it directly."""
+    from vfrt.engines.fast import FastEngine
+    eng = FastEngine(tiny_model, device="cpu", noise_mode="fast", fast_noise_seed=1)
+    w = torch.tensor([0.5, 0.3, 0.2])
+    refs = [eng.encode_view(torch.zeros(1, 3, 64, 64)) for _ in range(3)]
+    den = eng.bind(refs, torch.zeros(3, 4), w, make_ddim_schedule(250, 1.0), 3.0)   # S = 249 steps
+    n = den.combined_noise(None, (4, 8, 8))
+    assert n.shape == (249, 1, 4, 8, 8)
+    assert float(n.std()) == pytest.approx(float(torch.sqrt((w ** 2).sum())), rel=0.02)
+    assert abs(float(n.mean())) < 0.01
+    exact = FastEngine(tiny_model, device="cpu", noise_mode="exact")
+    with pytest.raises(ValueError, match="per-reference step noise"):
+        exact.bind(refs, torch.zeros(3, 4), w, make_ddim_schedule(10), 3.0).combined_noise(None, (4, 8, 8))

@@ -55,13 +55,16 @@ class FastEngine:
         fast_noise_seed: seed of the device generator used by ``noise_mode="fast"``.
         compile: compile the UNet forward with TorchInductor (inside the CUDA graphs).
         vae_dtype: VAE dtype (default: float16 on CUDA, as the original under autocast; float32 on CPU).
+        k_buckets: pad K up to the next bucket with zero-weight references, so fewer graphs are
+            captured (e.g. (1, 2, 4, 8, 12, 16, 20, 25)); None captures one graph per distinct K
+            (no padded compute). A K above the largest bucket gets its own graph.
     """
 
     name = "fast"
 
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool = False,
-                 vae_dtype=None):
+                 vae_dtype=None, k_buckets: tuple[int, ...] | None = None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -70,6 +73,9 @@ class FastEngine:
         if noise_mode not in ("exact", "fast"):
             raise ValueError(f"noise_mode must be 'exact' or 'fast', got {noise_mode!r}")
         self.noise_mode = noise_mode
+        if k_buckets is not None and (not k_buckets or any(int(b) < 1 for b in k_buckets)):
+            raise ValueError(f"k_buckets must be positive integers, got {k_buckets}")
+        self.k_buckets = tuple(sorted(int(b) for b in k_buckets)) if k_buckets else None
         self.use_graphs = cuda if use_graphs is None else bool(use_graphs)
         if self.use_graphs and not cuda:
             raise ValueError("CUDA graphs need a CUDA device")
@@ -130,6 +136,12 @@ class FastEngine:
     def bind(self, refs: Sequence[ViewEncoding], T: torch.Tensor, weights: torch.Tensor, schedule,
              guidance: float) -> "_FastDenoiser":
         K = len(refs)
+        pad = self._padded_k(K) - K
+        if pad:  # zero-weight copies of the last reference: they add exactly 0 * eps
+            refs = list(refs) + [refs[-1]] * pad
+            T = torch.cat([T.reshape(K, 4), T.reshape(K, 4)[-1:].expand(pad, 4)], 0)
+            weights = torch.cat([weights.reshape(K).float(), torch.zeros(pad)], 0)
+            K += pad
         guided = float(guidance) != 1.0
         emb_table, coef = self._tables(schedule, guidance)
         clip = torch.cat([r.clip for r in refs], 0)
@@ -143,6 +155,11 @@ class FastEngine:
         consts = self.unet.context_constants(ctx)
         w = weights.to(self.device, torch.float32).reshape(K)
         return _FastDenoiser(self, K, guided, float(guidance), h0, consts, w, emb_table, coef, schedule.num_steps)
+
+    def _padded_k(self, K: int) -> int:
+        if self.k_buckets is None:
+            return K
+        return next((b for b in self.k_buckets if b >= K), K)
 
     def static_buffers(self, rows: int, S: int, latent_shape, h0_shape) -> dict:
         """Graph input buffers shared by all captured graphs; grown (with re-capture) when too small."""
@@ -263,6 +280,8 @@ class _FastDenoiser:
             if step_noise is None:
                 raise ValueError("noise_mode='exact' needs the per-reference step noise")
             n = step_noise.to(dev, torch.float32)
+            if n.shape[0] == self.S and n.shape[1] < self.K:   # bucket padding: zero-weight rows
+                n = torch.cat([n, n.new_zeros((self.S, self.K - n.shape[1], *n.shape[2:]))], 1)
             if n.shape[:2] != (self.S, self.K):
                 raise ValueError(f"step noise must be (S={self.S}, K={self.K}, ...), got {tuple(n.shape)}")
             return torch.einsum("skchw,k->schw", n, self.w)[:, None]

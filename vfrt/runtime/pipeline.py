@@ -90,8 +90,12 @@ def _resolve_device(device) -> torch.device:
 class Pipeline:
     """ViewFusion generation around one loaded Zero123 model and one engine backend."""
 
-    def __init__(self, model, *, device="auto", backend: str = "reference", **engine_kwargs):
+    def __init__(self, model, *, device="auto", backend: str = "reference", max_cached_views: int | None = None,
+                 **engine_kwargs):
+        """``max_cached_views``: keep at most this many reference encodings on the GPU; older ones
+        spill to pinned host memory and come back when used (None: keep all)."""
         self.device = _resolve_device(device)
+        self.max_cached_views = max_cached_views
         if backend == "auto":
             backend = "fast" if self.device.type == "cuda" else "reference"
         self.backend = backend
@@ -100,11 +104,12 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(cls, path, config=None, *, device="auto", backend: str = "reference",
-                        trust_checkpoint: bool = False, use_ema: bool = True, **engine_kwargs) -> "Pipeline":
+                        trust_checkpoint: bool = False, use_ema: bool = True, max_cached_views: int | None = None,
+                        **engine_kwargs) -> "Pipeline":
         """Load an original Zero123 ``.ckpt`` / ``.safetensors`` (EMA applied) and build the engine."""
         from vfrt.models import load_zero123
         model = load_zero123(path, config=config, trust_checkpoint=trust_checkpoint, use_ema=use_ema, device="cpu")
-        return cls(model, device=device, backend=backend, **engine_kwargs)
+        return cls(model, device=device, backend=backend, max_cached_views=max_cached_views, **engine_kwargs)
 
     # ------------------------------------------------------------------ public modes
     @property
@@ -165,7 +170,7 @@ class Pipeline:
             raise ValueError(f"resume holds {len(resume)} views but the run generates {len(plans)}")
 
         t0 = time.perf_counter()
-        cache = ViewCache(self.engine.device)
+        cache = ViewCache(self.engine.device, getattr(self, "max_cached_views", None))
         m = len(inputs)
         for slot, img in enumerate(inputs):
             cache.put(slot, self.engine.encode_view(img))
