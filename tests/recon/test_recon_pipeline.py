@@ -79,6 +79,14 @@ def test_cli_recon_runs(tiny_orbit, tmp_path):
                                      "--image-size", "24", "--mc-resolution", "24", "--no-turntable"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "mesh.glb").exists() and (tmp_path / "o" / "recon.json").exists()
+    res = CliRunner().invoke(recon, [str(tiny_orbit), "-o", str(tmp_path / "p"), "--preset", "quick", "--steps", "2",
+                                     "--image-size", "16", "--mc-resolution", "16", "--no-turntable",
+                                     "--grid-levels", "4", "--grid-log2-table", "12", "--grid-finest", "32"])
+    assert res.exit_code == 0, res.output
+    grid = json.loads((tmp_path / "p" / "recon.json").read_text())["config"]["hashgrid"]
+    assert (grid["n_levels"], grid["log2_hashmap_size"], grid["finest_resolution"]) == (4, 12, 32)
+    res = CliRunner().invoke(recon, [str(tiny_orbit), "--grid-levels", "4", "--grid-finest", "2"])
+    assert res.exit_code == 1 and "base_resolution" in res.output
 
 
 @pytest.mark.slow

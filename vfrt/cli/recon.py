@@ -1,6 +1,7 @@
 """``vfrt recon`` and ``vfrt eval-mesh``: parse and validate into a ReconConfig, call vfrt.recon."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -26,13 +27,17 @@ log = logging.getLogger(__name__)
 @click.option("--mc-resolution", type=click.IntRange(min=16), default=None, help="Marching-cubes grid size.")
 @click.option("--lr", type=float, default=None, help="Learning rate of the encoding and MLPs.")
 @click.option("--seed", type=int, default=None)
+@click.option("--grid-levels", type=click.IntRange(1, 32), default=None, help="Hash-grid levels (preset default).")
+@click.option("--grid-log2-table", type=click.IntRange(8, 24), default=None, help="log2 of the hash table size per level.")
+@click.option("--grid-finest", type=click.IntRange(min=2), default=None, help="Finest hash-grid resolution.")
 @click.option("--no-mixed-precision", is_flag=True, help="Keep the colour network in fp32 on CUDA.")
 @click.option("--no-turntable", is_flag=True, help="Skip the turntable render.")
 @click.option("--reference", "reference_mesh", type=click.Path(path_type=Path), default=None,
               help="Reference mesh: also report Chamfer distance and F-score.")
 def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: float | None, steps: int | None,
           image_size: int | None, backend: str | None, device: str | None, mc_resolution: int | None,
-          lr: float | None, seed: int | None, no_mixed_precision: bool, no_turntable: bool,
+          lr: float | None, seed: int | None, grid_levels: int | None, grid_log2_table: int | None,
+          grid_finest: int | None, no_mixed_precision: bool, no_turntable: bool,
           reference_mesh: Path | None) -> None:
     """Reconstruct a coloured mesh with NeuS from the views in INPUT_DIR.
 
@@ -44,9 +49,15 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
     from vfrt.recon import ReconConfig, ReconError, reconstruct
 
     try:
+        grid = None
+        if grid_levels is not None or grid_log2_table is not None or grid_finest is not None:
+            base = ReconConfig.from_preset(preset).hashgrid
+            grid = dataclasses.replace(base, **{k: v for k, v in {
+                "n_levels": grid_levels, "log2_hashmap_size": grid_log2_table, "finest_resolution": grid_finest,
+            }.items() if v is not None})
         cfg = ReconConfig.from_preset(
             preset, elevation_deg=elevation_deg, steps=steps, image_size=image_size, backend=backend,
-            device=device, mc_resolution=mc_resolution, lr=lr, seed=seed,
+            device=device, mc_resolution=mc_resolution, lr=lr, seed=seed, hashgrid=grid,
             mixed_precision=False if no_mixed_precision else None)
     except ReconError as exc:
         raise click.ClickException(str(exc)) from None
