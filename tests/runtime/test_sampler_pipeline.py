@@ -202,3 +202,18 @@ def test_fast_noise_mode_has_the_distribution_of_the_weighted_sum(tiny_model):
     exact = FastEngine(tiny_model, device="cpu", noise_mode="exact")
     with pytest.raises(ValueError, match="per-reference step noise"):
         exact.bind(refs, torch.zeros(3, 4), w, make_ddim_schedule(10), 3.0).combined_noise(None, (4, 8, 8))
+
+
+def test_shared_step_noise_mode(tiny_model, ref_pipe, image):
+    """ViewFusion's real-image sampler (my_ddim_pred_e): one draw per step shared by the K references."""
+    out = ref_pipe.orbit(image, views=36, generate=3, steps=STEPS, seed=4, preprocess=False, shared_noise=True)
+    assert out.noise.K.tolist() == [1, 1, 1]
+    assert out.noise.step_noise[2].shape == (STEPS - 1, 1, 4, 8, 8)
+    # with one shared draw the weighted noise term is sigma * n: the same as K identical draws
+    same = NoiseBank(x_T=out.noise.x_T, step_noise=[np.repeat(s, k, axis=1) for s, k in
+                                                    zip(out.noise.step_noise, [1, 2, 3])])
+    indep = ref_pipe.orbit(image, views=36, generate=3, steps=STEPS, noise=same, preprocess=False)
+    assert np.abs(indep.images - out.images).max() <= 1e-5
+    fast = Pipeline(tiny_model, device="cpu", backend="fast").orbit(
+        image, views=36, generate=3, steps=STEPS, noise=out.noise, preprocess=False, shared_noise=True)
+    assert np.abs(fast.images - out.images).max() <= 1e-4

@@ -46,6 +46,9 @@ def _parse_extra(values) -> tuple:
 @click.option("--auto-temp", default=None, type=float, help="[default: 0.5; 1.0 with --extra-input]")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False), help="Replay a noise bank (.npz).")
+@click.option("--shared-noise", is_flag=True,
+              help="One step-noise draw shared by all references (ViewFusion's real-image script) "
+                   "instead of one per reference.")
 @click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
 @click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -60,7 +63,7 @@ def _parse_extra(values) -> tuple:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
-        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, no_preprocess, elevation,
+        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, shared_noise, no_preprocess, elevation,
         device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
     """Generate novel views of the object in IMAGE (an RGBA photo with the background removed works best)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -78,7 +81,8 @@ def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, genera
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, steps=steps, eta=eta, guidance=guidance, inference_temp=inference_temp,
                         auto_temp=auto_temp if auto_temp is not None else (1.0 if extras else 0.5), seed=seed,
-                        preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras)
+                        preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
+                        shared_noise=shared_noise)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:

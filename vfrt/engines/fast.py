@@ -280,7 +280,9 @@ class _FastDenoiser:
             if step_noise is None:
                 raise ValueError("noise_mode='exact' needs the per-reference step noise")
             n = step_noise.to(dev, torch.float32)
-            if n.shape[0] == self.S and n.shape[1] < self.K:   # bucket padding: zero-weight rows
+            if n.shape[0] == self.S and n.shape[1] == 1:       # one draw shared by all references
+                n = n.expand(self.S, self.K, *n.shape[2:])
+            elif n.shape[0] == self.S and n.shape[1] < self.K:  # bucket padding: zero-weight rows
                 n = torch.cat([n, n.new_zeros((self.S, self.K - n.shape[1], *n.shape[2:]))], 1)
             if n.shape[:2] != (self.S, self.K):
                 raise ValueError(f"step noise must be (S={self.S}, K={self.K}, ...), got {tuple(n.shape)}")

@@ -74,12 +74,13 @@ class _ReferenceDenoiser:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
-        """One interpolated step. x: (1, 4, h, w); noise: (K, 4, h, w). Returns (1, 4, h, w)."""
+        """One interpolated step. x: (1, 4, h, w); noise: (K, 4, h, w), or (1, 4, h, w) shared by all
+        references (expanded, as ``my_ddim_pred_e``). Returns (1, 4, h, w)."""
         xk = x.expand(self.K, *x.shape[1:])
         e = self.guided_eps(xk, self.timesteps[i])
         full = lambda name: torch.full((self.K, 1, 1, 1), float(self.coef[name][i]), device=self.device)
         x_prev = ddim_update(xk, e, full("a_t"), full("a_prev"), full("sigma"), full("sqrt_one_minus_a_t"),
-                             noise.to(self.device, torch.float32))
+                             noise.to(self.device, torch.float32).expand(self.K, *x.shape[1:]))
         return (x_prev * self.weights).sum(dim=0, keepdim=True)
 
     def run(self, x_T: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:

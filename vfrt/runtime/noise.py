@@ -6,7 +6,8 @@ Draw order matches the original sampler, view by view:
 
 Noise-bank file (``.npz``):
     x_T             float32 (V, 1, 4, h, w)   initial latent of generated view v
-    K               int64   (V,)              references used by view v
+    K               int64   (V,)              per-step draws of view v: its reference count, or 1
+                                              when one draw is shared by all references
     step_noise_vXX  float32 (S, K_v, 4, h, w) per-step, per-reference draws (XX: zero-padded v)
 """
 from __future__ import annotations

@@ -120,27 +120,35 @@ class Pipeline:
     def orbit(self, image, views: int = 36, generate: int | None = None, steps: int = 75, eta: float = 1.0,
               guidance: float = 3.0, inference_temp: float = 0.5, auto_temp: float = 0.5, seed: int = 0,
               noise: NoiseBank | None = None, preprocess: bool = True, *, on_view: ViewCallback | None = None,
-              resume: Sequence[np.ndarray] = ()) -> GenerationResult:
-        """A 360-degree orbit of ``views`` views (``views - 1`` generated, or ``generate``)."""
+              resume: Sequence[np.ndarray] = (), shared_noise: bool = False) -> GenerationResult:
+        """A 360-degree orbit of ``views`` views (``views - 1`` generated, or ``generate``).
+
+        ``shared_noise=True`` draws one step noise shared by all K references (ViewFusion's
+        real-image script, ``my_ddim_pred_e``) instead of K independent draws (SPEC §3).
+        """
         plans = plan_orbit(views, generate, inference_temp, auto_temp)
         inputs = [load_image(image, self.resolution, preprocess)]
-        return self._generate("orbit", plans, inputs, views, steps, eta, guidance, seed, noise, on_view, resume)
+        return self._generate("orbit", plans, inputs, views, steps, eta, guidance, seed, noise, on_view, resume,
+                              shared_noise)
 
     def single(self, image, delta_polar: float = 0.0, delta_azimuth: float = 0.0, delta_radius: float = 0.0,
                steps: int = 75, eta: float = 1.0, guidance: float = 3.0, inference_temp: float = 0.5,
                auto_temp: float = 0.5, seed: int = 0, noise: NoiseBank | None = None, preprocess: bool = True, *,
-               on_view: ViewCallback | None = None, resume: Sequence[np.ndarray] = ()) -> GenerationResult:
+               on_view: ViewCallback | None = None, resume: Sequence[np.ndarray] = (),
+               shared_noise: bool = False) -> GenerationResult:
         """One target pose (degrees; radius in the model's units) through 10-degree intermediate views."""
         plans = plan_single(math.radians(delta_polar), math.radians(delta_azimuth), delta_radius,
                             inference_temp, auto_temp)
         inputs = [load_image(image, self.resolution, preprocess)]
-        return self._generate("single", plans, inputs, 0, steps, eta, guidance, seed, noise, on_view, resume)
+        return self._generate("single", plans, inputs, 0, steps, eta, guidance, seed, noise, on_view, resume,
+                              shared_noise)
 
     def multi_view(self, images: Sequence, poses: Sequence[Sequence[float]], views: int = 36,
                    generate: int | None = None, steps: int = 75, eta: float = 1.0, guidance: float = 3.0,
                    inference_temp: float = 0.5, auto_temp: float = 1.0, seed: int = 0,
                    noise: NoiseBank | None = None, preprocess: bool = True, *,
-                   on_view: ViewCallback | None = None, resume: Sequence[np.ndarray] = ()) -> GenerationResult:
+                   on_view: ViewCallback | None = None, resume: Sequence[np.ndarray] = (),
+                   shared_noise: bool = False) -> GenerationResult:
         """Orbit from several input views; ``poses[i]`` = (polar, azimuth, radius) of input i
         relative to input 0, degrees (row 0 = zeros)."""
         if len(images) != len(poses):
@@ -152,11 +160,12 @@ class Pipeline:
         shapes = {tuple(t.shape) for t in inputs}
         if len(shapes) != 1:
             raise ValueError(f"all input views must have the same size, got {sorted(shapes)}")
-        return self._generate("multi", plans, inputs, views, steps, eta, guidance, seed, noise, on_view, resume)
+        return self._generate("multi", plans, inputs, views, steps, eta, guidance, seed, noise, on_view, resume,
+                              shared_noise)
 
     # ------------------------------------------------------------------ the loop
     def _generate(self, mode, plans: list[ViewPlan], inputs: list[torch.Tensor], n_views, steps, eta, guidance,
-                  seed, noise, on_view, resume) -> GenerationResult:
+                  seed, noise, on_view, resume, shared_noise: bool = False) -> GenerationResult:
         if not (guidance >= 0 and math.isfinite(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         schedule = make_ddim_schedule(steps, eta, num_train_timesteps=self.model_config.schedule.timesteps,
@@ -165,7 +174,8 @@ class Pipeline:
         H, W = inputs[0].shape[-2:]
         latent_shape = (4, H // 8, W // 8)
         source = NoiseSource.from_bank(noise) if noise is not None else NoiseSource.from_seed(seed)
-        source.check_plan([p.K for p in plans], schedule.num_steps, latent_shape)
+        draws = [1 if shared_noise else p.K for p in plans]      # per-step noise draws of each view
+        source.check_plan(draws, schedule.num_steps, latent_shape)
         if len(resume) > len(plans):
             raise ValueError(f"resume holds {len(resume)} views but the run generates {len(plans)}")
 
@@ -176,7 +186,7 @@ class Pipeline:
             cache.put(slot, self.engine.encode_view(img))
         images = []
         for v, plan in enumerate(plans):
-            x_T, step_noise = source.view(v, plan.K, schedule.num_steps, latent_shape)
+            x_T, step_noise = source.view(v, draws[v], schedule.num_steps, latent_shape)
             if v < len(resume):           # finished earlier: keep its image, still consume its draws
                 img = torch.as_tensor(np.asarray(resume[v], dtype=np.float32))[None]
             else:

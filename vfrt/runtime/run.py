@@ -59,6 +59,8 @@ class RunConfig:
     seed: int = 0
     preprocess: bool = True
     elevation: float = 30.0
+    #: one step-noise draw shared by all references (ViewFusion's real-image script)
+    shared_noise: bool = False
     #: multi mode: (path, polar, azimuth, radius) of each extra input view, degrees
     extra_inputs: tuple[tuple[str, float, float, float], ...] = field(default_factory=tuple)
 
@@ -149,7 +151,7 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
 
     common = dict(steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance, inference_temp=cfg.inference_temp,
                   auto_temp=cfg.auto_temp, seed=cfg.seed, noise=noise, preprocess=cfg.preprocess,
-                  on_view=save_view, resume=done)
+                  on_view=save_view, resume=done, shared_noise=cfg.shared_noise)
     t0 = time.perf_counter()
     if cfg.mode == "orbit":
         total = cfg.generate or cfg.views - 1
