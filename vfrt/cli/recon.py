@@ -76,14 +76,14 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
         except ReconError as exc:
             raise click.ClickException(str(exc)) from None
     t = result.timings
-    log.warning("mesh: %d vertices, %d faces -> %s", result.n_vertices, result.n_faces,
-                ", ".join(str(p) for p in result.mesh_paths.values()))
-    log.warning("time: train %.1f s + extract %.1f s (backend %s on %s)", t["train"], t["extract"],
-                result.backend, result.device)
+    click.echo(f"mesh: {result.n_vertices} vertices, {result.n_faces} faces -> "
+               + ", ".join(str(p) for p in result.mesh_paths.values()))
+    click.echo(f"time: train {t['train']:.1f} s + extract {t['extract']:.1f} s "
+               f"(backend {result.backend} on {result.device})")
     if result.metrics is not None:
         m = result.metrics
-        log.warning("chamfer %.5f  F-score@%g %.4f  (%s)", m.chamfer, m.threshold, m.fscore, m.definition)
-    click.echo(str(out_dir / "recon.json"))
+        click.echo(f"chamfer {m.chamfer:.5f}  F-score@{m.threshold:g} {m.fscore:.4f}  ({m.definition})")
+    click.echo(f"done: {out_dir / 'recon.json'}")
 
 
 @click.command("eval-mesh")
