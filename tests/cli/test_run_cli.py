@@ -121,3 +121,15 @@ def test_corrupt_noise_bank_and_checkpoint(tiny_checkpoint, photo, tmp_path):
     ck.write_bytes(b"definitely not a checkpoint")
     res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(ck), "--device", "cpu", "-o", str(tmp_path / "o2")])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU messages")
+def test_gpu_only_paths_explain_themselves_without_a_gpu(tiny_checkpoint, photo, tmp_path):
+    res = CliRunner().invoke(cli, ["bench"])
+    assert res.exit_code != 0 and "needs a CUDA GPU" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(tiny_checkpoint.ckpt), "--config",
+                                   str(tiny_checkpoint.yaml), "--device", "cuda", "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "no CUDA GPU" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(tiny_checkpoint.ckpt), "--config",
+                                   str(tiny_checkpoint.yaml), "--device", "tpu", "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
