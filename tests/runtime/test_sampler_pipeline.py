@@ -217,3 +217,10 @@ def test_shared_step_noise_mode(tiny_model, ref_pipe, image):
     fast = Pipeline(tiny_model, device="cpu", backend="fast").orbit(
         image, views=36, generate=3, steps=STEPS, noise=out.noise, preprocess=False, shared_noise=True)
     assert np.abs(fast.images - out.images).max() <= 1e-4
+
+
+def test_pipeline_from_engine_shares_an_engine(ref_pipe, image, ref_orbit):
+    again = Pipeline.from_engine(ref_pipe.engine, ref_pipe.model_config, max_cached_views=2)
+    assert again.backend == "reference" and again.resolution == 64
+    out = again.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
+    np.testing.assert_array_equal(out.images, ref_orbit.images)

@@ -104,8 +104,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
 
     plans = plan_orbit(36)
     if orbit:
-        pipe = Pipeline.__new__(Pipeline)
-        pipe.device, pipe.backend, pipe.model_config, pipe.engine = dev, "fast", model.config, fast
+        pipe = Pipeline.from_engine(fast, model.config)
         img = torch.rand((1, 3, size, size), generator=gen) * 2 - 1
         torch.cuda.reset_peak_memory_stats(dev)
         fast._graphs.clear()
@@ -138,8 +137,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
             g2 = torch.Generator().manual_seed(5)
             img = torch.rand((1, 3, size, size), generator=g2) * 2 - 1
             fidelity_inputs = img
-            pipe_f = Pipeline.__new__(Pipeline)
-            pipe_f.device, pipe_f.backend, pipe_f.model_config, pipe_f.engine = dev, "fast", model.config, fast
+            pipe_f = Pipeline.from_engine(fast, model.config)
             fast_first = pipe_f.orbit(img, views=36, generate=2, preprocess=False, seed=3)
         del fast
         torch.cuda.empty_cache()
@@ -157,8 +155,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
         res["reference_orbit_estimated_s"] = est
         res["speedup_step"] = {K: ref_ms[K] / fast_ms[K] for K in ks}
         if fidelity:
-            pipe_r = Pipeline.__new__(Pipeline)
-            pipe_r.device, pipe_r.backend, pipe_r.model_config, pipe_r.engine = dev, "reference", model.config, ref
+            pipe_r = Pipeline.from_engine(ref, model.config)
             ref_first = pipe_r.orbit(fidelity_inputs, views=36, generate=2, preprocess=False,
                                      noise=fast_first.noise)
             res["fidelity_psnr_db"] = [psnr(a, b) for a, b in zip(fast_first.images, ref_first.images)]

@@ -103,6 +103,14 @@ class Pipeline:
         self.engine = create_engine(backend, model, self.device, **engine_kwargs)
 
     @classmethod
+    def from_engine(cls, engine, model_config, *, max_cached_views: int | None = None) -> "Pipeline":
+        """Wrap an engine that already exists (e.g. to share one fast engine between runs)."""
+        pipe = cls.__new__(cls)
+        pipe.device, pipe.backend, pipe.model_config = engine.device, engine.name, model_config
+        pipe.engine, pipe.max_cached_views = engine, max_cached_views
+        return pipe
+
+    @classmethod
     def from_checkpoint(cls, path, config=None, *, device="auto", backend: str = "reference",
                         trust_checkpoint: bool = False, use_ema: bool = True, max_cached_views: int | None = None,
                         **engine_kwargs) -> "Pipeline":
@@ -180,7 +188,7 @@ class Pipeline:
             raise ValueError(f"resume holds {len(resume)} views but the run generates {len(plans)}")
 
         t0 = time.perf_counter()
-        cache = ViewCache(self.engine.device, getattr(self, "max_cached_views", None))
+        cache = ViewCache(self.engine.device, self.max_cached_views)
         m = len(inputs)
         for slot, img in enumerate(inputs):
             cache.put(slot, self.engine.encode_view(img))
