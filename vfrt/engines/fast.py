@@ -85,12 +85,11 @@ class FastEngine:
         if compile:
             self.unet.compile()
         self.vae_dtype = _dtype(vae_dtype if vae_dtype is not None else ("float16" if cuda else "float32"))
-        # Encoders: CLIP in the compute dtype on CUDA (the original runs it in fp16 there too),
-        # VAE and projection in fp32 (they run once per view).
-        enc_modules = {"clip": copy.deepcopy(model.clip).to(self.device, self.dtype if cuda else torch.float32),
-                       "vae": copy.deepcopy(model.vae).to(self.device, self.vae_dtype),
-                       "cc_projection": copy.deepcopy(model.cc_projection).to(self.device, torch.float32)}
-        self._clip, self._vae, self._proj = enc_modules["clip"], enc_modules["vae"], enc_modules["cc_projection"]
+        # Encoders (once per view): CLIP in the compute dtype (the original runs it in fp16 on CUDA
+        # too), the VAE in vae_dtype, the tiny projection in fp32.
+        self._clip = copy.deepcopy(model.clip).to(self.device, self.dtype)
+        self._vae = copy.deepcopy(model.vae).to(self.device, self.vae_dtype)
+        self._proj = copy.deepcopy(model.cc_projection).to(self.device, torch.float32)
         self._emb_tables: dict[tuple, torch.Tensor] = {}
         self._coef_tables: dict[tuple, dict[str, torch.Tensor]] = {}
         self._graphs: dict[tuple, _StepGraph] = {}
@@ -117,11 +116,12 @@ class FastEngine:
         return torch.clamp(self._vae.decode(z).float(), -1.0, 1.0)
 
     # ------------------------------------------------------------------ per-schedule tables
-    def _tables(self, schedule, guidance: float):
+    def _tables(self, schedule):
+        """The schedule's time-embedding table and combined update coefficients (cached per schedule)."""
         key = (tuple(int(t) for t in schedule.timesteps),)
         if key not in self._emb_tables:
             self._emb_tables[key] = self.unet.emb_table(schedule.timesteps)
-        ckey = key + (tuple(schedule.sigma.tolist()), float(guidance))
+        ckey = key + (tuple(schedule.sigma.tolist()),)
         if ckey not in self._coef_tables:
             c = schedule.coefficients("cpu")
             c64 = {k: v.double() for k, v in c.items()}
@@ -143,7 +143,7 @@ class FastEngine:
             weights = torch.cat([weights.reshape(K).float(), torch.zeros(pad)], 0)
             K += pad
         guided = float(guidance) != 1.0
-        emb_table, coef = self._tables(schedule, guidance)
+        emb_table, coef = self._tables(schedule)
         clip = torch.cat([r.clip for r in refs], 0)
         ctx = self._proj(torch.cat([clip, T.to(self.device, torch.float32).reshape(K, 4)], -1))[:, None]  # (K,1,D)
         h0 = torch.cat([r.extra["h0"] if r.extra and "h0" in r.extra else self.unet.cond_first_conv(r.latent)
