@@ -224,3 +224,17 @@ def test_pipeline_from_engine_shares_an_engine(ref_pipe, image, ref_orbit):
     assert again.backend == "reference" and again.resolution == 64
     out = again.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
     np.testing.assert_array_equal(out.images, ref_orbit.images)
+
+
+def test_non_finite_views_stop_the_run_with_a_clear_error(tiny_model, image):
+    import copy
+
+    from vfrt.runtime.pipeline import NonFiniteOutputError
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.unet.out[2].bias.fill_(float("nan"))
+    seen = []
+    with pytest.raises(NonFiniteOutputError, match="view 0"):
+        Pipeline(broken, device="cpu").orbit(image, generate=2, steps=4, preprocess=False,
+                                             on_view=lambda v, im, p: seen.append(v))
+    assert seen == []  # nothing was handed out as a finished view

@@ -108,6 +108,9 @@ def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, genera
             raise click.ClickException(f"interrupted; finished views are kept in {out_dir}.partial - run the same "
                                        "command again to resume") from None
         except RuntimeError as exc:
+            from vfrt.runtime.pipeline import NonFiniteOutputError
+            if isinstance(exc, NonFiniteOutputError):
+                raise click.ClickException(f"{exc}; finished views are kept in {out_dir}.partial") from exc
             if "out of memory" in str(exc).lower():
                 raise click.ClickException("the GPU ran out of memory: try --backend fast --dtype float16, fewer "
                                            "--views, or --device cpu") from exc

@@ -29,6 +29,10 @@ from vfrt.runtime.schedule import make_ddim_schedule
 
 log = logging.getLogger(__name__)
 
+class NonFiniteOutputError(RuntimeError):
+    """A generated view contains NaN or inf (bad weights, or fp16 overflow)."""
+
+
 #: called after each generated view: (view index, image (3, H, W) float32 numpy, plan)
 ViewCallback = Callable[[int, np.ndarray, ViewPlan], None]
 
@@ -203,6 +207,11 @@ class Pipeline:
                                        schedule, guidance)
                 z = den.run(x_T, step_noise)
                 img = self.engine.decode(z).float().cpu()
+                if not torch.isfinite(img).all():
+                    raise NonFiniteOutputError(
+                        f"view {v} ({math.degrees(plan.pose[1]):+.0f} deg azimuth) came out with NaN/inf values"
+                        f" on the {self.backend} backend; the weights may be corrupt, or fp16 overflowed - "
+                        "try the float32 reference backend or dtype='bfloat16'")
             cache.put(m + v, self.engine.encode_view(img))
             images.append(img[0].numpy())
             if on_view is not None and v >= len(resume):
