@@ -193,16 +193,20 @@ class Pipeline:
 
         t0 = time.perf_counter()
         cache = ViewCache(self.engine.device, self.max_cached_views)
-        m = len(inputs)
-        for slot, img in enumerate(inputs):
-            cache.put(slot, self.engine.encode_view(img))
+        pixels = list(inputs)        # slot -> (1, 3, H, W); encoded on first use as a reference
+
+        def reference(slot: int):
+            if slot not in cache:
+                cache.put(slot, self.engine.encode_view(pixels[slot]))
+            return cache.get(slot)
+
         images = []
         for v, plan in enumerate(plans):
             x_T, step_noise = source.view(v, draws[v], schedule.num_steps, latent_shape)
             if v < len(resume):           # finished earlier: keep its image, still consume its draws
                 img = torch.as_tensor(np.asarray(resume[v], dtype=np.float32))[None]
             else:
-                refs = [cache.get(int(s)) for s in plan.references]
+                refs = [reference(int(s)) for s in plan.references]
                 den = self.engine.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights),
                                        schedule, guidance)
                 z = den.run(x_T, step_noise)
@@ -212,7 +216,7 @@ class Pipeline:
                         f"view {v} ({math.degrees(plan.pose[1]):+.0f} deg azimuth) came out with NaN/inf values"
                         f" on the {self.backend} backend; the weights may be corrupt, or fp16 overflowed - "
                         "try the float32 reference backend or dtype='bfloat16'")
-            cache.put(m + v, self.engine.encode_view(img))
+            pixels.append(img)
             images.append(img[0].numpy())
             if on_view is not None and v >= len(resume):
                 on_view(v, images[-1], plan)
