@@ -7,6 +7,7 @@ from __future__ import annotations
 from .checkpoint import load_state_dict_file, load_zero123
 from .clip import CLIPVisionTower, clip_preprocess
 from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
+from .diffusers_format import load_zero123_diffusers
 from .errors import CheckpointError
 from .testing import TinyCheckpoint, tiny_config, write_tiny_checkpoint
 from .unet import UNet, timestep_embedding
@@ -27,6 +28,7 @@ __all__ = [
     "timestep_embedding",
     "load_zero123",
     "load_state_dict_file",
+    "load_zero123_diffusers",
     "CheckpointError",
     "TinyCheckpoint",
     "write_tiny_checkpoint",

@@ -19,7 +19,7 @@ Pickles run code when loaded: ``.ckpt`` files are read with ``torch.load(weights
 and only an explicit ``trust_checkpoint=True`` allows a full unpickle.
 
 diffusers-format folders (``unet/``, ``vae/``, ``image_encoder/``, ``clip_camera_projection/``)
-are not supported yet.
+are handed to :mod:`vfrt.models.diffusers_format`.
 """
 from __future__ import annotations
 
@@ -111,11 +111,10 @@ def load_state_dict_file(path: Union[str, Path], trust_checkpoint: bool = False)
             ``trust_checkpoint``), or no state dict inside.
     """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(
-            f"{path} is a directory; diffusers-format folders are not supported yet - pass the original "
-            ".ckpt or a .safetensors file"
-        )
+    if path.is_dir():  # diffusers folder: converted to the original names (see diffusers_format)
+        from .diffusers_format import diffusers_folder_to_original
+
+        return diffusers_folder_to_original(path, trust_checkpoint=trust_checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -293,7 +292,9 @@ def load_zero123(
     """Load an original Zero123 checkpoint into a :class:`Zero123` (eval mode, no grads).
 
     Args:
-        path: ``.ckpt`` (Lightning or bare state dict) or ``.safetensors``.
+        path: ``.ckpt`` (Lightning or bare state dict) or ``.safetensors``; a directory is read
+            as a diffusers folder by :func:`~vfrt.models.diffusers_format.load_zero123_diffusers`
+            (``config`` must then be ``None``; ``use_ema`` has no effect).
         config: ``None`` (Zero123 full size), a path to the original ldm YAML, or a
             :class:`Zero123Config`. The CLIP tower is always inferred from the weights.
         trust_checkpoint: allow a full (code-executing) unpickle when the ``.ckpt`` holds
@@ -306,6 +307,22 @@ def load_zero123(
         CheckpointError: one error listing all missing, unexpected and mis-shaped tensors,
             or schedule buffers that disagree with the configured schedule.
     """
+    if Path(path).is_dir():
+        from .diffusers_format import is_diffusers_folder, load_zero123_diffusers
+
+        if not is_diffusers_folder(path):
+            raise CheckpointError(
+                f"{path} is a directory but not a diffusers folder (no model_index.json or unet/config.json); "
+                "pass a diffusers Zero123 folder, the original .ckpt or a .safetensors file"
+            )
+        if config is not None:
+            raise CheckpointError(
+                f"{path} is a diffusers folder, which carries its own config (unet/config.json ...); "
+                "do not pass config=... (CLI: --config) with it"
+            )
+        if use_ema:
+            log.info("%s: diffusers folders hold one set of UNet weights; use_ema has no effect", path)
+        return load_zero123_diffusers(path, device=device, dtype=dtype, trust_checkpoint=trust_checkpoint)
     cfg, defaulted = _resolve_config(config)
     sd = load_state_dict_file(path, trust_checkpoint=trust_checkpoint)
     groups = split_original_state_dict(sd)
