@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from vfrt.models import (  # noqa: E402
     CheckpointError,
+    Zero123,
     load_state_dict_file,
     load_zero123,
     load_zero123_diffusers,
@@ -27,7 +28,10 @@ from vfrt.models import (  # noqa: E402
 from vfrt.models.checkpoint import PREFIXES  # noqa: E402
 from vfrt.models.config import Zero123Config  # noqa: E402
 from vfrt.models.diffusers_format import (  # noqa: E402
+    clip_config_from_transformers,
     config_from_diffusers_folder,
+    convert_diffusers_state_dicts,
+    schedule_from_diffusers,
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
@@ -196,26 +200,59 @@ def test_config_from_folder(folder, loaded):
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
+FULL_UNET = {
+    "_class_name": "UNet2DConditionModel", "sample_size": 32, "in_channels": 8, "out_channels": 4,
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": 8,
+    "cross_attention_dim": 768, "use_linear_projection": False, "norm_num_groups": 32,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "norm_eps": 1e-05,
+}
+FULL_VAE = {
+    "_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "latent_channels": 4, "sample_size": 256, "norm_num_groups": 32, "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+FULL_CLIP = {  # openai/clip-vit-large-patch14 vision tower, as in the Zero123 image_encoder/config.json
+    "model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "patch_size": 14, "image_size": 224, "projection_dim": 768,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05,
+}
+FULL_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+
+
 def test_full_size_configs_give_zero123_default():
-    """The Zero123(-XL) diffusers configs (unet/vae config.json values) map to the default ldm config."""
-    unet = {
-        "_class_name": "UNet2DConditionModel", "sample_size": 32, "in_channels": 8, "out_channels": 4,
-        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": 8,
-        "cross_attention_dim": 768, "use_linear_projection": False, "norm_num_groups": 32,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "norm_eps": 1e-05,
-    }
-    vae = {
-        "_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
-        "latent_channels": 4, "sample_size": 256, "norm_num_groups": 32, "act_fn": "silu",
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    }
+    """The Zero123(-XL) diffusers configs map to the default (full-size) ldm config."""
     default = Zero123Config.default()
-    u, attn = unet_config_from_diffusers(unet)
+    u, attn = unet_config_from_diffusers(FULL_UNET)
     assert u == default.unet and attn == [True, True, True, False]
-    v, scale = vae_config_from_diffusers(vae)
+    v, scale = vae_config_from_diffusers(FULL_VAE)
     assert v == default.vae and scale == default.schedule.scale_factor
+    assert clip_config_from_transformers(FULL_CLIP) == default.clip
+    assert schedule_from_diffusers(FULL_SCHEDULER, scale) == default.schedule
+
+
+def test_full_size_name_map_is_exact():
+    """On the meta device: the full-size libraries' state dicts convert 1:1 (every key used, every shape right)."""
+    default = Zero123Config.default()
+    lib_unet_kw = {k: v for k, v in FULL_UNET.items() if not k.startswith("_")}
+    lib_vae_kw = {k: v for k, v in FULL_VAE.items() if not k.startswith("_")}
+    clip_kw = {k: v for k, v in FULL_CLIP.items() if k != "model_type"}
+    with torch.device("meta"):
+        parts = {
+            "unet": diffusers.UNet2DConditionModel(**lib_unet_kw).state_dict(),
+            "vae": diffusers.AutoencoderKL(**lib_vae_kw).state_dict(),
+            "image_encoder": transformers.CLIPVisionModelWithProjection(
+                transformers.CLIPVisionConfig(**clip_kw)
+            ).state_dict(),
+            "clip_camera_projection": {"proj." + k: v for k, v in torch.nn.Linear(772, 768).state_dict().items()},
+        }
+        model = Zero123(default)
+    _, attn = unet_config_from_diffusers(FULL_UNET)
+    state = convert_diffusers_state_dicts(model, attn, parts)
+    assert state.keys() == model.state_dict().keys()
+    assert len(model.unet.input_blocks) == 12 and len(model.clip.transformer.resblocks) == 24
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -276,6 +313,29 @@ def test_variants(tmp_path, variant):
     _close(model.clip(px), ref["clip"](pixel_values=px).image_embeds)
     inp = torch.randn(1, PROJ + 4, generator=g)
     _close(model.cc_projection(inp), ref["proj"](inp))
+
+
+@torch.no_grad()
+def test_legacy_names(folder, tmp_path):
+    """diffusers < 0.14 VAE attention names (query/key/value/proj_attn) and a saved CLIP position_ids buffer."""
+    root, ref = folder
+    root = _copy(root, tmp_path)
+    legacy = {"to_q.": "query.", "to_k.": "key.", "to_v.": "value.", "to_out.0.": "proj_attn."}
+    path = root / "vae" / "diffusion_pytorch_model.safetensors"
+    sd = {}
+    for k, v in load_file(str(path)).items():
+        for new, old in legacy.items():
+            k = k.replace(".attentions.0." + new, ".attentions.0." + old)
+        sd[k] = v
+    assert "encoder.mid_block.attentions.0.query.weight" in sd
+    save_file(sd, str(path))
+    clip_path = root / "image_encoder" / "model.safetensors"
+    clip_sd = load_file(str(clip_path))
+    clip_sd["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    save_file(clip_sd, str(clip_path))
+    model = load_zero123(root)
+    img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    _close(model.vae.encode_mode(img), ref["vae"].encode(img).latent_dist.mean)
 
 
 def test_device_and_dtype(folder):

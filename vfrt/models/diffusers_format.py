@@ -49,6 +49,7 @@ __all__ = [
     "clip_config_from_transformers",
     "schedule_from_diffusers",
     "conversion_rules",
+    "convert_diffusers_state_dicts",
 ]
 
 log = logging.getLogger(__name__)
@@ -629,51 +630,57 @@ def _weights_file(sub: Path, names: Sequence[str]) -> list[Path]:
     raise CheckpointError(f"{sub}: no weights file (looked for {', '.join(names)}, sharded and fp16 variants)")
 
 
-def _read_weights(folder: Path, projection_dir: str, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
-    """All tensors of the folder, keyed ``"<sub-folder>/<key>"``."""
-    out: dict[str, torch.Tensor] = {}
+def _read_weights(folder: Path, projection_dir: str, trust_checkpoint: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dict of each component: ``{"unet": {...}, "vae": {...}, "image_encoder": {...}, <proj>: {...}}``."""
     parts = {"unet": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "image_encoder": _TRANSFORMERS_WEIGHTS,
              projection_dir: _DIFFUSERS_WEIGHTS}
+    out: dict[str, dict[str, torch.Tensor]] = {}
     for sub, names in parts.items():
+        out[sub] = {}
         for path in _weights_file(folder / sub, names):
-            sd = load_state_dict_file(path, trust_checkpoint=trust_checkpoint)
-            for key, tensor in sd.items():
-                if sub == "vae" and ".mid_block.attentions." in key:
-                    head, _, tail = key.rpartition(".attentions.0.")
-                    for old, new in _VAE_ATTN_LEGACY.items():
-                        if tail.startswith(old):
-                            key = f"{head}.attentions.0.{new}{tail[len(old):]}"
-                            break
-                out[f"{sub}/{key}"] = tensor
+            out[sub].update(load_state_dict_file(path, trust_checkpoint=trust_checkpoint))
     return out
+
+
+def _legacy_vae_key(key: str) -> str:
+    if ".mid_block.attentions.0." not in key:
+        return key
+    head, _, tail = key.rpartition(".attentions.0.")
+    for old, new in _VAE_ATTN_LEGACY.items():
+        if tail.startswith(old):
+            return f"{head}.attentions.0.{new}{tail[len(old):]}"
+    return key
 
 
 def _fmt(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
-def read_diffusers_folder(
-    folder: Union[str, Path], *, trust_checkpoint: bool = False
-) -> tuple[Zero123Config, dict[str, torch.Tensor]]:
-    """Read and convert a diffusers Zero123 folder without building real weights.
+def convert_diffusers_state_dicts(
+    model: Zero123,
+    has_attn: Sequence[bool],
+    parts: Mapping[str, Mapping[str, torch.Tensor]],
+    projection: tuple[str, str] = ("clip_camera_projection", "proj."),
+    where: str = "diffusers weights",
+) -> dict[str, torch.Tensor]:
+    """Rename and reshape the components' state dicts into ``model``'s names, strictly.
 
+    Args:
+        model: the target (may live on the meta device); only names and shapes are used.
+        has_attn: per UNet level, whether its down block has cross-attention.
+        parts: ``{"unet": sd, "vae": sd, "image_encoder": sd, <projection folder>: sd}``.
+        projection: (sub-folder, key prefix) of the camera projection Linear.
     Returns:
-        ``(config, state)`` where ``state`` maps vfrt names (``"unet.…"``, ``"vae.…"``,
-        ``"clip.…"``, ``"cc_projection.…"``) to tensors, complete and shape-checked.
-
+        ``model.state_dict()``-complete mapping of vfrt names to tensors.
     Raises:
-        CheckpointError: unsupported configs, or one error listing missing, unused and
-            mis-shaped tensors (diffusers names, with the vfrt name each one feeds).
+        CheckpointError: one error listing missing, unexpected and mis-shaped tensors
+            (``"<sub-folder>/<key>"`` names, with the vfrt tensor each one feeds).
     """
-    folder = Path(folder)
-    cfg, has_attn, proj_dir, proj_prefix = _read_configs(folder)
-    try:
-        with torch.device("meta"):
-            model = Zero123(cfg)
-    except ValueError as exc:
-        raise CheckpointError(f"{folder}: cannot build the configured model: {exc}") from exc
-    rules = conversion_rules(model, has_attn, (proj_dir, proj_prefix))
-    files = _read_weights(folder, proj_dir, trust_checkpoint)
+    files: dict[str, torch.Tensor] = {}
+    for sub, sd in parts.items():
+        for key, tensor in sd.items():
+            files[f"{sub}/{_legacy_vae_key(key) if sub == 'vae' else key}"] = tensor
+    rules = conversion_rules(model, has_attn, projection)
 
     missing: list[str] = []
     mis_shaped: list[str] = []
@@ -710,8 +717,35 @@ def read_diffusers_folder(
         problems.append(_listing("tensors with the wrong shape", mis_shaped))
     if problems:
         raise CheckpointError(
-            f"{folder} does not fit the Zero123 model described by its config.json files:\n" + "\n".join(problems)
+            f"{where} do not fit the Zero123 model described by the config.json files:\n" + "\n".join(problems)
         )
+    return state
+
+
+def read_diffusers_folder(
+    folder: Union[str, Path], *, trust_checkpoint: bool = False
+) -> tuple[Zero123Config, dict[str, torch.Tensor]]:
+    """Read and convert a diffusers Zero123 folder without building real weights.
+
+    Returns:
+        ``(config, state)`` where ``state`` maps vfrt names (``"unet.…"``, ``"vae.…"``,
+        ``"clip.…"``, ``"cc_projection.…"``) to tensors, complete and shape-checked.
+
+    Raises:
+        CheckpointError: unsupported configs, or one error listing missing, unused and
+            mis-shaped tensors (diffusers names, with the vfrt name each one feeds).
+    """
+    folder = Path(folder)
+    cfg, has_attn, proj_dir, proj_prefix = _read_configs(folder)
+    try:
+        with torch.device("meta"):
+            model = Zero123(cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: cannot build the configured model: {exc}") from exc
+    parts = _read_weights(folder, proj_dir, trust_checkpoint)
+    state = convert_diffusers_state_dicts(
+        model, has_attn, parts, (proj_dir, proj_prefix), where=f"the weights in {folder}"
+    )
     return cfg, state
 
 
