@@ -15,7 +15,8 @@ DEFAULT_CHECKPOINT_PATHS = (
 
 MISSING_WEIGHTS = """No Zero123 checkpoint found.
 
-vfrt needs the Zero123 weights; they cannot be bundled. Get one of them, e.g. zero123-xl.ckpt
+vfrt needs the Zero123 weights; they cannot be bundled. Get one of them (an original .ckpt /
+.safetensors, or a diffusers folder such as zero123-xl-diffusers), e.g. zero123-xl.ckpt
 (Zero-1-to-3 XL, ~15.5 GB; the original authors publish it with cvlab-columbia/zero123 -
 e.g. https://huggingface.co/cvlab/zero123-weights/resolve/main/zero123-xl.ckpt), then either
   * put it at ./checkpoints/zero123-xl.ckpt or ~/.cache/vfrt/zero123-xl.ckpt, or
@@ -28,7 +29,7 @@ def resolve_checkpoint(path: str | None) -> Path:
     """The checkpoint to use, or a ClickException explaining where to get one."""
     if path:
         p = Path(path).expanduser()
-        if not p.is_file():
+        if not p.exists():
             raise click.ClickException(f"checkpoint not found: {p}\n\n{MISSING_WEIGHTS}")
         return p
     env = os.environ.get("VFRT_CHECKPOINT")

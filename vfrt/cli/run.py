@@ -26,7 +26,7 @@ def _parse_extra(values) -> tuple:
 
 @click.command("run")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("-c", "--checkpoint", help="Zero123 .ckpt or .safetensors (default: $VFRT_CHECKPOINT, "
+@click.option("-c", "--checkpoint", help="Zero123 .ckpt, .safetensors or diffusers folder (default: $VFRT_CHECKPOINT, "
               "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="The checkpoint's ldm YAML (default: Zero123 full size).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a checkpoint you trust.")
