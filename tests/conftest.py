@@ -5,7 +5,18 @@
 """
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Triton picks its interpreter when it is imported, and some libraries the suite loads (diffusers,
+# transformers) import Triton early: choose the CPU interpreter here, before any of them, so the
+# recon kernel tests run through it on machines without a GPU.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_addoption(parser):
