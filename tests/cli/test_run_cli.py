@@ -133,3 +133,11 @@ def test_gpu_only_paths_explain_themselves_without_a_gpu(tiny_checkpoint, photo,
     res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(tiny_checkpoint.ckpt), "--config",
                                    str(tiny_checkpoint.yaml), "--device", "tpu", "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_recon_without_its_extra_asks_for_it(monkeypatch, tmp_path):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trimesh" else real(name, *a))
+    res = CliRunner().invoke(cli, ["eval-mesh", str(tmp_path / "a.ply"), str(tmp_path / "b.ply")])
+    assert res.exit_code != 0 and "vfrt[recon]" in res.output and "Traceback" not in res.output

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import click
 
+def _require_recon_extra() -> None:
+    """Stop with an install hint (not a traceback) when the `recon` extra is missing."""
+    import importlib.util
+    missing = [m for m in ("trimesh", "skimage", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"this command needs {', '.join(missing)}: pip install 'vfrt[recon]'")
+
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +52,7 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
     INPUT_DIR is a `vfrt run` output folder, any folder with a transforms.json, or a folder
     of orbit images (view i at azimuth i*360/N, default cameras of SPEC section 8).
     """
+    _require_recon_extra()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from vfrt.recon import ReconConfig, ReconError, reconstruct
@@ -98,6 +107,7 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
 def eval_mesh(pred: Path, reference: Path, samples: int, threshold: float, seed: int, json_out: Path | None) -> None:
     """Chamfer distance and F-score of PRED against REFERENCE (both normalised: bbox centred,
     longest side 1.6; Chamfer = mean of the two mean nearest-neighbour Euclidean distances)."""
+    _require_recon_extra()
     from vfrt.recon import ReconError
     from vfrt.recon.metrics import evaluate_mesh_files
 
