@@ -104,6 +104,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model, photo, tmp_path)
     (["--extra-input", "nope.png@0,90"], "image not found"),
     (["--extra-input", "x"], "PATH@POLAR"),
     (["--steps", "1"], "steps must be"),
+    (["--steps", "3"], "not usable with the original DDIM"),
 ])
 def test_bad_arguments_are_reported(tiny_checkpoint, photo, tmp_path, extra, message):
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "bad", *extra))

@@ -43,6 +43,12 @@ def test_eta_zero_is_deterministic_ddim():
     assert s.num_steps == 49  # 1000 // 50 = 20 divides 1000: 50 timesteps, largest dropped
 
 
+def test_step_counts_that_would_index_past_the_schedule_are_rejected_clearly():
+    for steps in (3, 9, 27, 37, 111):
+        with pytest.raises(ValueError, match="use e.g. steps="):
+            make_ddim_schedule(steps)
+
+
 @pytest.mark.parametrize("steps", [0, 1, 1001])
 def test_bad_step_counts_are_rejected(steps):
     with pytest.raises(ValueError):

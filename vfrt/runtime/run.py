@@ -73,6 +73,8 @@ class RunConfig:
             raise ValueError(f"generate must be in [1, {self.views - 1}], got {self.generate}")
         if self.steps < 2:
             raise ValueError(f"steps must be >= 2, got {self.steps}")
+        from vfrt.runtime.schedule import ddim_timesteps
+        ddim_timesteps(self.steps)  # raises for counts the original discretisation cannot run
         for name in ("eta", "guidance", "delta_polar", "delta_azimuth", "delta_radius", "elevation"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")

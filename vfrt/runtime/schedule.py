@@ -72,7 +72,15 @@ def ddim_timesteps(ddim_steps: int, num_train_timesteps: int = 1000) -> np.ndarr
     if ddim_steps < 1 or ddim_steps > num_train_timesteps:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {ddim_steps}")
     c = num_train_timesteps // ddim_steps
-    return np.asarray(list(range(0, num_train_timesteps, c))) + 1
+    ts = np.asarray(list(range(0, num_train_timesteps, c))) + 1
+    if ts[-1] >= num_train_timesteps:
+        # e.g. 3, 9, 27, 37 or 111 steps: range(0, 1000, c) reaches 999 and +1 indexes past the
+        # schedule (the original crashes with an IndexError there)
+        ok = next(s for s in range(ddim_steps + 1, num_train_timesteps)
+                  if (np.arange(0, num_train_timesteps, num_train_timesteps // s)[-1] + 1) < num_train_timesteps)
+        raise ValueError(f"steps={ddim_steps} is not usable with the original DDIM discretisation (it would "
+                         f"need timestep {ts[-1]} of 0..{num_train_timesteps - 1}); use e.g. steps={ok}")
+    return ts
 
 
 def make_ddim_schedule(ddim_steps: int = 75, eta: float = 1.0, *, num_train_timesteps: int = 1000,
