@@ -22,7 +22,6 @@ import copy
 import logging
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from vfrt.engines.base import ViewEncoding, combined_update_coefficients

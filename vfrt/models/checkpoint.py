@@ -280,6 +280,14 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {len(items)} {title}:\n{shown}{more}"
 
 
+def mismatch_report(missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
+    """One readable block naming the first few missing / unexpected / mis-shaped tensors ("" if none)."""
+    parts = [_listing(title, items) for title, items in (("missing tensors", missing),
+                                                         ("unexpected tensors", unexpected),
+                                                         ("tensors with the wrong shape", mis_shaped)) if items]
+    return "\n".join(parts)
+
+
 def load_zero123(
     path: Union[str, Path],
     config: Union[None, str, Path, Zero123Config] = None,
@@ -390,15 +398,9 @@ def load_zero123(
     elif groups["ema"]:
         log.info("ignoring %d EMA tensors (use_ema=False)", len(groups["ema"]))
 
-    problems = []
-    if missing:
-        problems.append(_listing("missing tensors", missing))
-    if unexpected:
-        problems.append(_listing("unexpected tensors", unexpected))
-    if mis_shaped:
-        problems.append(_listing("tensors with the wrong shape", mis_shaped))
+    problems = mismatch_report(missing, unexpected, mis_shaped)
     if problems:
-        raise CheckpointError(f"{path} does not fit the Zero123 model:\n" + "\n".join(problems) + hint)
+        raise CheckpointError(f"{path} does not fit the Zero123 model:\n" + problems + hint)
     sched_problems = _check_schedule(groups["schedule"], cfg.schedule)
     if sched_problems:
         raise CheckpointError(

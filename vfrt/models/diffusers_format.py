@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import PREFIXES, load_state_dict_file
+from .checkpoint import PREFIXES, load_state_dict_file, mismatch_report
 from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
 from .errors import CheckpointError
 from .zero123 import Zero123
@@ -54,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAX_LISTED = 8
 # Sub-folders holding the camera projection, in order of preference, and the key prefix of its Linear.
 _PROJECTION_FOLDERS: dict[str, str] = {"clip_camera_projection": "proj.", "cc_projection": "projection."}
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -64,12 +63,6 @@ _IGNORED_KEYS = {"image_encoder": frozenset({"vision_model.embeddings.position_i
 
 
 # --------------------------------------------------------------------------- small helpers
-def _listing(title: str, items: Sequence[str]) -> str:
-    shown = "\n".join(f"    {s}" for s in items[:_MAX_LISTED])
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {len(items)} {title}:\n{shown}{more}"
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -708,17 +701,9 @@ def convert_diffusers_state_dicts(
     ignored = {f"{sub}/{k}" for sub, keys in _IGNORED_KEYS.items() for k in keys}
     unexpected = [k for k in files if k not in used and k not in ignored]
 
-    problems = []
-    if missing:
-        problems.append(_listing("missing tensors", missing))
-    if unexpected:
-        problems.append(_listing("unexpected tensors", unexpected))
-    if mis_shaped:
-        problems.append(_listing("tensors with the wrong shape", mis_shaped))
+    problems = mismatch_report(missing, unexpected, mis_shaped)
     if problems:
-        raise CheckpointError(
-            f"{where} do not fit the Zero123 model described by the config.json files:\n" + "\n".join(problems)
-        )
+        raise CheckpointError(f"{where} do not fit the Zero123 model described by the config.json files:\n" + problems)
     return state
 
 

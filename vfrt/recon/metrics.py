@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vfrt.recon.errors import InputDataError
 
 LONGEST_SIDE = 1.6
