@@ -73,3 +73,25 @@ def test_bad_inputs_have_clear_errors(tmp_path):
 def test_to_uint8_truncates_like_the_original():
     img = np.full((3, 2, 2), 0.999, np.float32)
     assert to_uint8(img)[0, 0, 0] == int(255.0 * (0.999 / 2 + 0.5))
+
+
+def test_exif_orientation_and_16_bit_images(tmp_path):
+    img = np.full((40, 24, 3), 255, np.uint8)
+    img[5:15, 4:20] = 0                       # object in the top part of a portrait image
+    im = Image.fromarray(img)
+    exif = im.getexif()
+    exif[0x0112] = 6                          # "rotate 90 CW to display"
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "rot.jpg", preprocess=False)
+    assert out.shape == (1, 3, 24, 40)        # displayed landscape, as a viewer shows it
+    g16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 4096 * 16).astype(np.uint16))
+    t = load_image(g16, preprocess=False)
+    assert t.shape == (1, 3, 64, 64) and float(t.std()) > 0.1
+
+
+def test_non_white_background_without_alpha_warns(caplog):
+    img = np.full((32, 32, 3), 40, np.uint8)
+    img[10:20, 10:20] = 200
+    with caplog.at_level("WARNING"):
+        load_image(img, size=64)
+    assert "background is not white" in caplog.text

@@ -12,12 +12,15 @@ Accepted inputs: a path, a PIL image, a uint8 (H, W, 3|4) array, or a float tens
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 #: Zero123 fits the object into a 200 px box of a 256 px frame.
 OBJECT_FRACTION = 200 / 256
@@ -38,10 +41,13 @@ def _to_rgba_float(image) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 im.load()
-                image = im.copy()
+                image = ImageOps.exif_transpose(im)  # phone photos: honour the EXIF orientation
         except Exception as exc:
             raise ImageInputError(f"cannot read {path} as an image: {exc}") from exc
     if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits first
+            arr16 = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray(np.round(arr16 / max(arr16.max(), 1) * 255).astype(np.uint8))
         im = image.convert("RGBA") if image.mode in ("RGBA", "LA", "P", "PA") else image.convert("RGB")
         arr = np.asarray(im).astype(np.float32) / 255.0
         if arr.shape[2] == 3:
@@ -80,7 +86,12 @@ def foreground_mask(rgba: np.ndarray) -> np.ndarray:
     if alpha.min() < 0.999:
         return alpha > 127.0 / 255.0
     rgb8 = np.round(rgba[..., :3] * 255.0)
-    return (rgb8 < WHITE_THRESHOLD).any(axis=2)
+    fg = (rgb8 < WHITE_THRESHOLD).any(axis=2)
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
+    if border.mean() > 0.5:
+        log.warning("the image has no alpha channel and its background is not white: Zero123 expects the "
+                    "object on white (remove the background, e.g. save an RGBA cut-out) - results will suffer")
+    return fg
 
 
 def load_image(image, size: int | None = None, preprocess: bool = True) -> torch.Tensor:
