@@ -142,3 +142,17 @@ def test_recon_without_its_extra_asks_for_it(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trimesh" else real(name, *a))
     res = CliRunner().invoke(cli, ["eval-mesh", str(tmp_path / "a.ply"), str(tmp_path / "b.ply")])
     assert res.exit_code != 0 and "vfrt[recon]" in res.output and "Traceback" not in res.output
+
+
+def test_several_images_share_one_model_and_a_bad_one_does_not_stop_the_rest(tiny_checkpoint, photo, tmp_path):
+    other = tmp_path / "other.png"
+    Image.fromarray(np.asarray(Image.open(photo))[::-1].copy()).save(other)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(blank)   # no foreground: fails
+    res = CliRunner().invoke(cli, ["run", str(photo), str(blank), str(other), "-c", str(tiny_checkpoint.ckpt),
+                                   "--config", str(tiny_checkpoint.yaml), "--steps", "4", "--views", "4",
+                                   "--device", "cpu", "-o", str(tmp_path / "batch")])
+    assert res.exit_code != 0 and "1 of 3 images failed" in res.output and "no foreground" in res.output
+    assert (tmp_path / "batch" / "object" / "run.json").is_file()
+    assert (tmp_path / "batch" / "other" / "run.json").is_file()
+    assert not (tmp_path / "batch" / "blank").exists()

@@ -111,3 +111,12 @@ def test_multi_input_weights():
         plan_multi_input([[0.1, 0, 0], [0, 1, 0]])
     with pytest.raises(ValueError):
         plan_multi_input([[0, 0, 0]])
+
+
+def test_targets_with_no_generated_reference_in_reach_lean_on_the_input():
+    plans = plan_orbit(4)                       # +90, -90 (180 from +90: dropped), 180
+    assert [p.references.tolist() for p in plans] == [[0], [0], [0, 1, 2]]
+    assert plans[1].weights.tolist() == [1.0]
+    multi = plan_multi_input([[0, 0, 0], [0, math.radians(180), 0]], n_views=4)
+    for p in multi:
+        assert p.weights.sum() == pytest.approx(1.0, abs=1e-6)

@@ -25,7 +25,7 @@ def _parse_extra(values) -> tuple:
 
 
 @click.command("run")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-c", "--checkpoint", help="Zero123 .ckpt, .safetensors or diffusers folder (default: $VFRT_CHECKPOINT, "
               "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="The checkpoint's ldm YAML (default: Zero123 full size).")
@@ -59,19 +59,21 @@ def _parse_extra(values) -> tuple:
               help="Fast backend: K replayable draws per step, or one equivalent draw.")
 @click.option("--compile", "compile_unet", is_flag=True,
               help="Fast backend: torch.compile the UNet (~1.7x faster steps; ~40 s compile once per process).")
-@click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: runs/<image name>].")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
-def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
+def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, shared_noise, no_preprocess, elevation,
         device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
-    """Generate novel views of the object in IMAGE (an RGBA photo with the background removed works best)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
 
-    from vfrt.runtime.noise import NoiseBank, NoiseBankError
-    from vfrt.runtime.preprocess import ImageInputError
-    from vfrt.runtime.run import RunConfig, RunError, run_to_folder
+    Several images share one loaded model (and its captured CUDA graphs); a failing image is
+    reported and the others still run.
+    """
     from vfrt.cli.common import load_pipeline, resolve_checkpoint
+    from vfrt.runtime.noise import NoiseBank, NoiseBankError
+    from vfrt.runtime.run import RunConfig
 
     extras = _parse_extra(extra_input)
     if extras and mode == "single":
@@ -96,23 +98,51 @@ def run(image, checkpoint, config, trust_checkpoint, no_ema, mode, views, genera
     engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet} | ({"dtype": dtype} if dtype else {})
                      if backend == "fast" else None)
     pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
-    out_dir = Path(out) if out else Path("runs") / Path(image).stem
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(f"{run_mode} ({pipe.backend}, {pipe.device})", total=None)
+    if noise is not None and len(images) > 1:
+        raise click.UsageError("--noise replays one run; give a single image with it")
+    if len(images) == 1:
+        targets = [(images[0], Path(out) if out else Path("runs") / Path(images[0]).stem)]
+    else:
+        stems = [Path(i).stem for i in images]
+        if len(set(stems)) != len(stems):
+            raise click.UsageError("several images share a file name; their output folders would collide")
+        targets = [(i, Path(out or "runs") / Path(i).stem) for i in images]
+    failures = []
+    for image, out_dir in targets:
         try:
-            folder = run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=not no_resume,
-                                   on_view=lambda done, total: bar.update(task, completed=done, total=total))
+            folder = _run_one(pipe, image, cfg, out_dir, noise, overwrite, not no_resume, run_mode)
+            click.echo(f"done: {folder}")
+        except click.ClickException as exc:
+            if len(targets) == 1:
+                raise
+            failures.append(image)
+            click.echo(f"failed: {image}: {exc.format_message()}", err=True)
+    if failures:
+        raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: {', '.join(failures)}")
+
+
+def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bool, run_mode: str) -> Path:
+    """One image -> one finished output folder; every expected failure becomes a ClickException."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vfrt.runtime.noise import NoiseBankError
+    from vfrt.runtime.pipeline import NonFiniteOutputError
+    from vfrt.runtime.preprocess import ImageInputError
+    from vfrt.runtime.run import RunError, run_to_folder
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", total=None)
+        try:
+            return run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=resume,
+                                 on_view=lambda done, total: bar.update(task, completed=done, total=total))
         except (RunError, ImageInputError, NoiseBankError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
             raise click.ClickException(f"interrupted; finished views are kept in {out_dir}.partial - run the same "
                                        "command again to resume") from None
+        except NonFiniteOutputError as exc:
+            raise click.ClickException(f"{exc}; finished views are kept in {out_dir}.partial") from exc
         except RuntimeError as exc:
-            from vfrt.runtime.pipeline import NonFiniteOutputError
-            if isinstance(exc, NonFiniteOutputError):
-                raise click.ClickException(f"{exc}; finished views are kept in {out_dir}.partial") from exc
             if "out of memory" in str(exc).lower():
                 raise click.ClickException("the GPU ran out of memory: try --backend fast --dtype float16, fewer "
                                            "--views, or --device cpu") from exc
             raise
-    click.echo(f"done: {folder}")

@@ -4,6 +4,10 @@ Every plan is static: it depends only on poses, never on pixels, so it is comput
 tested on its own. The arithmetic follows the original scripts' dtypes (float32 angle arrays,
 float32 softmax) so that weights and pose conditions match them to rounding.
 
+When no generated view is within reach of a target (e.g. a 4-view orbit: the -90 degree view is
+180 degrees from the +90 one), the original scripts crash on an empty softmax; vfrt gives the
+input view(s) all the weight instead.
+
 Slot numbering: slots ``0 .. M-1`` are the M input views (M = 1 except in multi-view mode) and
 slot ``M + j`` is the j-th generated view, in generation order.
 """
@@ -75,7 +79,7 @@ def plan_orbit(n_views: int = 36, generate: int | None = None, inference_temp: f
         valid = dist < DROP_DISTANCE
         valid[0] = True
         w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
-        if v >= 1:
+        if v >= 1 and len(w) > 1:
             w_in = np.exp(-(v + 1) / n_views / inference_temp)
             w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
             w[0] = w_in
@@ -123,7 +127,7 @@ def plan_single(delta_polar: float, delta_azimuth: float, delta_radius: float = 
         valid = dist < DROP_DISTANCE
         valid[0] = True
         w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
-        if v >= 1:
+        if v >= 1 and len(w) > 1:
             w_in = torch.exp(-w[0] / np.pi / inference_temp)
             w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
             w[0] = w_in
@@ -175,8 +179,10 @@ def plan_multi_input(input_poses, n_views: int = 36, generate: int | None = None
         valid[:m] = True
         w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
         w_inputs = np.exp(-v / (n_views - 1) / inference_temp) * _softmax32(-w[:m] / w[:m].max())
-        if v >= 1:
+        if v >= 1 and len(w) > m:
             w[m:] = _softmax32(-w[m:] / w[m:].max() / auto_temp) * (1 - w_inputs.sum())
+        elif v >= 1:  # no generated reference within reach: the inputs take all the weight
+            w_inputs = w_inputs / w_inputs.sum()
         w[:m] = w_inputs
         T = torch.zeros(len(anchors), 4)
         T[:, 0] = torch.from_numpy(rot[:, 0])
