@@ -1,5 +1,7 @@
-"""`vfrt bench`: the reference vs fast benchmark (needs a CUDA GPU)."""
+"""`vfrt bench`: the reference vs fast benchmark (needs a CUDA GPU). benchmarks/bench_orbit.py runs this."""
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -10,10 +12,15 @@ import click
 @click.option("--ks", default="1,2,4,8,12,16,20,25", show_default=True, help="Reference counts K to time.")
 @click.option("--repeats", default=30, show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
-@click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine.")
+@click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (inside the CUDA graphs).")
+@click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")
+@click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
+@click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")
 @click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(checkpoint, config, ks, repeats, dtype, no_reference, out):
-    """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; writes JSON."""
+def bench(checkpoint, config, ks, repeats, dtype, compile_unet, no_channels_last, no_reference, no_orbit, out):
+    """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; prints a table, writes JSON."""
+    import logging
+
     import torch
 
     from vfrt.runtime.benchmark import format_table, run_benchmark, save_json
@@ -23,6 +30,7 @@ def bench(checkpoint, config, ks, repeats, dtype, no_reference, out):
         k_list = tuple(int(k) for k in ks.split(","))
     except ValueError as exc:
         raise click.BadParameter("comma-separated integers", param_hint="--ks") from exc
+    logging.getLogger("vfrt").setLevel(logging.INFO)
     if checkpoint:
         from vfrt.models import CheckpointError, load_zero123
         try:
@@ -33,7 +41,10 @@ def bench(checkpoint, config, ks, repeats, dtype, no_reference, out):
         from vfrt.models import Zero123
         torch.manual_seed(0)
         model = Zero123.from_config(None).eval()
-    res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, reference=not no_reference,
-                        fidelity=not no_reference)
+    res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, channels_last=not no_channels_last,
+                        reference=not no_reference, fidelity=not no_reference, orbit=not no_orbit,
+                        compile=compile_unet)
+    prog = "vfrt" if sys.argv[0].endswith("vfrt") else f"python {sys.argv[0]}"
+    res["command"] = " ".join([prog] + sys.argv[1:])
     save_json(res, out)
     click.echo(format_table(res))
