@@ -238,3 +238,13 @@ def test_non_finite_views_stop_the_run_with_a_clear_error(tiny_model, image):
         Pipeline(broken, device="cpu").orbit(image, generate=2, steps=4, preprocess=False,
                                              on_view=lambda v, im, p: seen.append(v))
     assert seen == []  # nothing was handed out as a finished view
+
+
+def test_engine_converting_an_owned_model_in_place_gives_the_same_result(tiny_checkpoint, image, ref_orbit):
+    """Pipeline.from_checkpoint lets the fast engine convert the model it owns instead of copying it."""
+    pipe = Pipeline.from_checkpoint(tiny_checkpoint.ckpt, config=tiny_checkpoint.yaml, device="cpu", backend="fast")
+    assert pipe.engine.unet.u is not None
+    out = pipe.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
+    assert np.abs(out.images - ref_orbit.images).max() <= 1e-4
+    auto = Pipeline.from_checkpoint(tiny_checkpoint.ckpt, config=tiny_checkpoint.yaml, device="cpu", backend="auto")
+    assert auto.backend == "reference"

@@ -57,13 +57,16 @@ class FastEngine:
         k_buckets: pad K up to the next bucket with zero-weight references, so fewer graphs are
             captured (e.g. (1, 2, 4, 8, 12, 16, 20, 25)); None captures one graph per distinct K
             (no padded compute). A K above the largest bucket gets its own graph.
+        copy_weights: leave ``model`` untouched (default); False converts its modules in place
+            (``Pipeline.from_checkpoint`` does this: it owns the model, and a 15 GB checkpoint
+            then needs no second fp32 copy in host memory).
     """
 
     name = "fast"
 
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool = False,
-                 vae_dtype=None, k_buckets: tuple[int, ...] | None = None):
+                 vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -80,15 +83,17 @@ class FastEngine:
             raise ValueError("CUDA graphs need a CUDA device")
         self.config = model.config
         channels_last = cuda if channels_last is None else bool(channels_last)
-        self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last)
+        self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last,
+                             copy_weights=copy_weights)
         if compile:
             self.unet.compile()
         self.vae_dtype = _dtype(vae_dtype if vae_dtype is not None else ("float16" if cuda else "float32"))
         # Encoders (once per view): CLIP in the compute dtype (the original runs it in fp16 on CUDA
         # too), the VAE in vae_dtype, the tiny projection in fp32.
-        self._clip = copy.deepcopy(model.clip).to(self.device, self.dtype)
-        self._vae = copy.deepcopy(model.vae).to(self.device, self.vae_dtype)
-        self._proj = copy.deepcopy(model.cc_projection).to(self.device, torch.float32)
+        own = (lambda m: copy.deepcopy(m)) if copy_weights else (lambda m: m)
+        self._clip = own(model.clip).to(self.device, self.dtype)
+        self._vae = own(model.vae).to(self.device, self.vae_dtype)
+        self._proj = own(model.cc_projection).to(self.device, torch.float32)
         self._emb_tables: dict[tuple, torch.Tensor] = {}
         self._coef_tables: dict[tuple, dict[str, torch.Tensor]] = {}
         self._graphs: dict[tuple, _StepGraph] = {}

@@ -32,13 +32,15 @@ class FastUNet:
         unet: the (EMA-applied) :class:`UNet`; it is copied, never modified.
         dtype: compute dtype of weights and activations (float16, bfloat16 or float32).
         channels_last: keep 4-D activations in NHWC memory format.
+        copy_weights: work on a copy (default); False converts ``unet`` itself in place, which
+            saves a full fp32 copy in host memory when the caller owns the model.
     """
 
-    def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False):
+    def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False, copy_weights: bool = True):
         self.device = torch.device(device)
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        u = copy.deepcopy(unet).to(device=self.device, dtype=dtype).eval()
+        u = (copy.deepcopy(unet) if copy_weights else unet).to(device=self.device, dtype=dtype).eval()
         for p in u.parameters():
             p.requires_grad_(False)
         if channels_last:

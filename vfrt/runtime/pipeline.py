@@ -121,6 +121,10 @@ class Pipeline:
         """Load an original Zero123 ``.ckpt`` / ``.safetensors`` (EMA applied) and build the engine."""
         from vfrt.models import load_zero123
         model = load_zero123(path, config=config, trust_checkpoint=trust_checkpoint, use_ema=use_ema, device="cpu")
+        if backend == "auto":
+            backend = "fast" if _resolve_device(device).type == "cuda" else "reference"
+        if backend == "fast":
+            engine_kwargs.setdefault("copy_weights", False)   # the pipeline owns this model
         return cls(model, device=device, backend=backend, max_cached_views=max_cached_views, **engine_kwargs)
 
     # ------------------------------------------------------------------ public modes
