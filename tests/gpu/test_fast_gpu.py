@@ -13,9 +13,10 @@ def image():
     return torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(4)) * 2 - 1
 
 
-def _pipe(model, **kw):
+def _pipe(model, compile=False, **kw):
+    """Uncompiled unless asked (each compile costs 30-90 s); the compiled default is checked separately."""
     from vfrt import Pipeline
-    return Pipeline(model, device="cuda", backend="fast", **kw)
+    return Pipeline(model, device="cuda", backend="fast", compile=compile, **kw)
 
 
 def test_graph_replay_equals_eager(tiny_model, image):
@@ -74,9 +75,11 @@ def test_fp16_step_eps_and_first_view_psnr_on_full_size_weights(full_model):
 
 
 def test_compiled_forward_matches_eager(tiny_model, image):
+    """The default engine on CUDA compiles the UNet (compile=None); it agrees with the uncompiled one."""
     a = _pipe(tiny_model, dtype="float16").orbit(image, views=36, generate=3, steps=10, seed=1, preprocess=False)
-    b = _pipe(tiny_model, dtype="float16", compile=True).orbit(image, views=36, generate=3, steps=10,
-                                                               noise=a.noise, preprocess=False)
+    pipe = _pipe(tiny_model, dtype="float16", compile=None)
+    b = pipe.orbit(image, views=36, generate=3, steps=10, noise=a.noise, preprocess=False)
+    assert pipe.engine.unet.compiled  # compiled by default, and the compile did not fall back
     assert np.abs(a.images - b.images).max() <= 2e-2  # fp16, different fusion order
 
 

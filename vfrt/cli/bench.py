@@ -12,12 +12,15 @@ import click
 @click.option("--ks", default="1,2,4,8,12,16,20,25", show_default=True, help="Reference counts K to time.")
 @click.option("--repeats", default=30, show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
-@click.option("--compile", "compile_unet", is_flag=True, help="torch.compile the UNet (inside the CUDA graphs).")
+@click.option("--compile/--no-compile", "compile_unet", default=None,
+              help="torch.compile the UNet inside the CUDA graphs [default: the engine's default, on with Triton].")
+@click.option("--gemm-conv-max-pixels", type=int, default=None,
+              help="3x3 convs with at most this many output pixels run as one GEMM [default: 0, off].")
 @click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")
 @click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
 @click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")
 @click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(checkpoint, config, ks, repeats, dtype, compile_unet, no_channels_last, no_reference, no_orbit, out):
+def bench(checkpoint, config, ks, repeats, dtype, compile_unet, gemm_conv_max_pixels, no_channels_last, no_reference, no_orbit, out):
     """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; prints a table, writes JSON."""
     import logging
 
@@ -43,7 +46,7 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, no_channels_last
         model = Zero123.from_config(None).eval()
     res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, channels_last=not no_channels_last,
                         reference=not no_reference, fidelity=not no_reference, orbit=not no_orbit,
-                        compile=compile_unet)
+                        compile=compile_unet, gemm_conv_max_pixels=gemm_conv_max_pixels)
     prog = "vfrt" if sys.argv[0].endswith("vfrt") else f"python {sys.argv[0]}"
     res["command"] = " ".join([prog] + sys.argv[1:])
     save_json(res, out)

@@ -33,6 +33,14 @@ _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bf
            "float32": torch.float32, "fp32": torch.float32}
 
 
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _dtype(d) -> torch.dtype:
     if isinstance(d, torch.dtype):
         return d
@@ -52,7 +60,14 @@ class FastEngine:
         channels_last: NHWC activations for the UNet (default: True on CUDA, where it measured
             faster at every K on the H100 - docs/PERF.md).
         fast_noise_seed: seed of the device generator used by ``noise_mode="fast"``.
-        compile: compile the UNet forward with TorchInductor (inside the CUDA graphs).
+        compile: compile the UNet forward with TorchInductor (inside the CUDA graphs). Default:
+            on for CUDA when Triton is importable (1.7x faster steps, docs/PERF.md; the first
+            process compiles for ~40 s, later ones reuse Inductor's on-disk cache). If compiling
+            fails, the engine warns once and runs the uncompiled forward (same results).
+        gemm_conv_max_pixels: 3x3 convolutions with at most this many output pixels per image run
+            as one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: measured
+            slower than cuDNN except at 4x4 with K = 1, docs/PERF.md). 1x1 convolutions always run
+            as GEMMs with channels-last.
         vae_dtype: VAE dtype (default: float16 on CUDA, as the original under autocast; float32 on CPU).
         k_buckets: pad K up to the next bucket with zero-weight references, so fewer graphs are
             captured (e.g. (1, 2, 4, 8, 12, 16, 20, 25)); None captures one graph per distinct K
@@ -65,8 +80,9 @@ class FastEngine:
     name = "fast"
 
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
-                 channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool = False,
-                 vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True):
+                 channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool | None = None,
+                 vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True,
+                 gemm_conv_max_pixels: int | None = None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -83,8 +99,12 @@ class FastEngine:
             raise ValueError("CUDA graphs need a CUDA device")
         self.config = model.config
         channels_last = cuda if channels_last is None else bool(channels_last)
+        if gemm_conv_max_pixels is None:
+            gemm_conv_max_pixels = 0
         self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last,
-                             copy_weights=copy_weights)
+                             copy_weights=copy_weights, gemm_conv_max_pixels=gemm_conv_max_pixels)
+        if compile is None:
+            compile = cuda and _triton_available()
         if compile:
             self.unet.compile()
         self.vae_dtype = _dtype(vae_dtype if vae_dtype is not None else ("float16" if cuda else "float32"))

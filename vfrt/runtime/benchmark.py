@@ -44,7 +44,8 @@ def _random_refs(engine, K, size, gen):
     return [engine.encode_view(im) for im in imgs]
 
 
-def _bind(engine, K, size, schedule, gen, guidance=3.0):
+def bind_random_view(engine, K, size, schedule, gen, guidance=3.0):
+    """Bind K random reference views (random images, poses, weights) for timing; returns (denoiser, w)."""
     refs = _random_refs(engine, K, size, gen)
     T = torch.randn((K, 4), generator=gen)
     w = torch.softmax(torch.randn(K, generator=gen), 0)
@@ -59,7 +60,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
                   orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
-                  reference: bool = True, device: str = "cuda", compile: bool = False) -> dict:
+                  reference: bool = True, device: str = "cuda", compile: bool | None = None,
+                  gemm_conv_max_pixels: int | None = None) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
     from vfrt.engines.reference import ReferenceEngine
@@ -72,17 +74,19 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
     gen = torch.Generator().manual_seed(0)
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "python": platform.python_version(),
-           "image_size": size, "dtype": dtype, "channels_last": channels_last, "compile": compile,
+           "image_size": size, "dtype": dtype, "channels_last": channels_last,
            "unet_params": sum(p.numel() for p in model.unet.parameters()), "steps_per_view": sched.num_steps}
 
     # ---------------------------------------------------------------- fast engine
     torch.cuda.reset_peak_memory_stats(dev)
     torch.cuda.empty_cache()
-    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile)
+    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile,
+                      gemm_conv_max_pixels=gemm_conv_max_pixels)
+    res["gemm_conv_max_pixels"] = fast.unet.gemm_conv_max_pixels
     res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
     fast_ms, fast_eager_ms = {}, {}
     for K in ks:
-        den, _ = _bind(fast, K, size, sched, gen)
+        den, _ = bind_random_view(fast, K, size, sched, gen)
         x = torch.randn((1, 4, size // 8, size // 8), generator=gen)
         noise = torch.randn((sched.num_steps, K, 4, size // 8, size // 8), generator=gen)
         g = fast.step_graph(K, True, sched.num_steps, tuple(x.shape[1:]), tuple(den.h0.shape))
@@ -99,6 +103,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
             g.body()
         fast_eager_ms[K] = _median_ms(eager, max(5, repeats // 3))
         log.info("fast K=%d: graph %.2f ms, eager %.2f ms", K, fast_ms[K], fast_eager_ms[K])
+    res["compile"] = fast.unet.compiled  # after the first forward: False if compiling failed
     res["fast_step_ms"] = fast_ms
     res["fast_eager_step_ms"] = fast_eager_ms
 
@@ -122,7 +127,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
         base = torch.cuda.memory_allocated(dev)
         fast.decode(torch.randn((1, 4, size // 8, size // 8), device=dev))
         res["fast_decode_extra_gb"] = (torch.cuda.max_memory_allocated(dev) - base) / 1e9
-        den, _ = _bind(fast, 25, size, sched, gen)
+        den, _ = bind_random_view(fast, 25, size, sched, gen)
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         den.run(torch.randn((1, 4, size // 8, size // 8)), torch.randn((sched.num_steps, 25, 4, size // 8, size // 8)))
@@ -144,7 +149,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
         ref = ReferenceEngine(model, device=dev)
         ref_ms = {}
         for K in ks:
-            den, _ = _bind(ref, K, size, sched, gen)
+            den, _ = bind_random_view(ref, K, size, sched, gen)
             x = torch.randn((1, 4, size // 8, size // 8), generator=gen, device="cpu").to(dev)
             n = torch.randn((K, 4, size // 8, size // 8), generator=gen).to(dev)
             ref_ms[K] = _median_ms(lambda: den.step(x, 10, n), ref_repeats, warmup=1)
@@ -165,7 +170,8 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
 
 def format_table(res: dict) -> str:
     lines = [f"GPU: {res['gpu']}  torch {res['torch']}  {res['image_size']}px  dtype {res['dtype']}  "
-             f"channels_last={res['channels_last']}  compile={res['compile']}",
+             f"channels_last={res['channels_last']}  compile={res['compile']}  "
+             f"gemm_conv_max_pixels={res.get('gemm_conv_max_pixels')}",
              f"{'K':>4} {'reference ms':>13} {'fast eager ms':>14} {'fast graph ms':>14} {'speed-up':>9}"]
     for K, f in res["fast_step_ms"].items():
         r = res.get("reference_step_ms", {}).get(K, float("nan"))

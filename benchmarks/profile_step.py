@@ -1,0 +1,253 @@
+"""Where does one fast-engine step spend its GPU time?  (needs CUDA; full-size random weights)
+
+For each variant (compile on/off, cuDNN autotuning on/off, attention backend) it captures the step
+graph for each K, times replays (median of CUDA events) and, with --profile, records the kernels
+of a few replays with torch.profiler and groups them (convolution, GEMM, attention, fused
+Triton, other). It also times self-attention alone for the UNet's head shapes under every SDPA
+backend. Writes JSON + text tables to --out.
+
+    python benchmarks/profile_step.py --ks 1,12,25 --variants eager,compile,compile+gemm64 --convs --profile --out prof
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+
+def kernel_category(name: str) -> str:
+    n = name.lower()
+    if "flash" in n or "fmha" in n or "attention" in n or "sdpa" in n:
+        return "attention"
+    if "conv" in n or "implicit" in n or "xmma_fprop" in n or "cudnn" in n or "fprop" in n or "dgrad" in n:
+        return "convolution"
+    if "gemm" in n or "cutlass" in n or "nvjet" in n or "cublas" in n or "sm90_xmma" in n:
+        return "gemm"
+    if n.startswith("triton"):
+        return "triton (fused)"
+    if "norm" in n:
+        return "norm"
+    return "other"
+
+
+def profile_kernels(fn, n: int = 5) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    per_name = defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if getattr(e, "device_type", None) is None or str(e.device_type) != "DeviceType.CUDA":
+            continue
+        dur = getattr(e, "device_time", None)
+        if dur is None:
+            dur = e.cuda_time
+        per_name[e.name][0] += dur / 1e3 / n        # ms per step
+        per_name[e.name][1] += 1
+    cats = defaultdict(float)
+    for name, (ms, _) in per_name.items():
+        cats[kernel_category(name)] += ms
+    top = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:40]
+    return {"kernels_per_step": sum(c for _, c in per_name.values()) / n,
+            "kernel_ms_per_step": sum(ms for ms, _ in per_name.values()),
+            "by_category_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+            "top": [(name[:140], round(ms, 4), cnt // n) for name, (ms, cnt) in top]}
+
+
+def time_ms(fn, repeats=30, warmup=3):
+    from vfrt.runtime.benchmark import _median_ms
+    return _median_ms(fn, repeats, warmup)
+
+
+def attention_bench(out: dict) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    res = {}
+    for rows in (2, 13, 26):
+        for heads, n, d in ((8, 1024, 40), (8, 256, 80), (8, 64, 160)):
+            q, k, v = (torch.randn((rows, heads, n, d), device="cuda", dtype=torch.float16) for _ in range(3))
+            flops = 4 * rows * heads * n * n * d
+            for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                       SDPBackend.MATH):
+                key = f"rows{rows}_h{heads}_n{n}_d{d}_{be.name}"
+                try:
+                    with sdpa_kernel([be]):
+                        ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), repeats=50)
+                    res[key] = {"ms": ms, "tflops": flops / ms / 1e9}
+                except Exception as exc:  # noqa: BLE001 - report unsupported backends
+                    res[key] = {"error": str(exc)[:200]}
+            if d == 40:  # zero-padded head dim (exact: zero q/k columns add 0 to the scores; v columns are sliced off)
+                for dp in (48, 64):
+                    qp, kp, vp = (F.pad(t, (0, dp - d)) for t in (q, k, v))
+                    for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+                        key = f"rows{rows}_h{heads}_n{n}_d{d}pad{dp}_{be.name}"
+                        try:
+                            with sdpa_kernel([be]):
+                                ms = time_ms(lambda: F.scaled_dot_product_attention(qp, kp, vp, scale=d ** -0.5),
+                                             repeats=50)
+                            res[key] = {"ms": ms, "tflops": flops / ms / 1e9}
+                        except Exception as exc:  # noqa: BLE001
+                            res[key] = {"error": str(exc)[:200]}
+    out["attention"] = res
+
+
+def graph_time_us(fn, inner: int = 20, repeats: int = 20) -> float:
+    """Device time of fn() in microseconds: median over replays of a CUDA graph of `inner` calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            fn()
+    return time_ms(g.replay, repeats) * 1e3 / inner
+
+
+def conv_bench(model, out: dict, rows_list=(2, 13, 26)) -> None:
+    """Every distinct UNet convolution: cuDNN (channels-last fp16) vs one GEMM over gathered taps."""
+    from collections import Counter
+
+    from vfrt.engines.conv_gemm import conv2d_as_gemm
+    from vfrt.engines.fast_unet import FastUNet
+    u = FastUNet(model.unet, "cuda", torch.float16, channels_last=True)
+    shapes = Counter()
+    orig = u._conv
+
+    def record(conv, x):
+        shapes[(x.shape[1], conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0],
+                x.shape[2], x.shape[3])] += 1
+        return orig(conv, x)
+    u._conv = record
+    with torch.no_grad():
+        emb = u.emb_table([500])
+        ctx = torch.randn((2, 1, u.blocks[0].attn2.to_v.in_features), device="cuda")
+        u.forward(torch.randn((1, 4, 32, 32), device="cuda"),
+                  torch.randn((2, u.w_x.shape[0], 32, 32), device="cuda", dtype=torch.float16).contiguous(
+                      memory_format=torch.channels_last), emb[:1], u.context_constants(ctx))
+    del u
+    torch.cuda.empty_cache()
+    res = []
+    for (ci, co, k, st, pad, h, w), count in sorted(shapes.items(), key=lambda kv: -kv[0][5]):
+        wt = torch.randn((co, ci, k, k), device="cuda", dtype=torch.float16).contiguous(
+            memory_format=torch.channels_last) * 0.02
+        b = torch.randn((co,), device="cuda", dtype=torch.float16)
+        for rows in rows_list:
+            x = torch.randn((rows, ci, h, w), device="cuda", dtype=torch.float16).contiguous(
+                memory_format=torch.channels_last)
+            with torch.no_grad():
+                t_cudnn = graph_time_us(lambda: F.conv2d(x, wt, b, st, pad))
+                t_gemm = graph_time_us(lambda: conv2d_as_gemm(x, wt, b, st, pad))
+            ho = (h + 2 * pad - k) // st + 1
+            flops = 2 * rows * ho * ho * co * ci * k * k
+            res.append({"cin": ci, "cout": co, "k": k, "stride": st, "hw_in": h, "hw_out": ho, "count": count,
+                        "rows": rows, "cudnn_us": t_cudnn, "gemm_us": t_gemm,
+                        "cudnn_tflops": flops / t_cudnn / 1e6, "gemm_tflops": flops / t_gemm / 1e6})
+            print(f"conv {ci}->{co} k{k} s{st} {h}x{w} x{count} rows {rows}: cudnn {t_cudnn:.1f} us, "
+                  f"gemm {t_gemm:.1f} us", flush=True)
+    out["convs"] = res
+    for rows in rows_list:
+        tc = sum(r["cudnn_us"] * r["count"] for r in res if r["rows"] == rows)
+        tg = sum(r["gemm_us"] * r["count"] for r in res if r["rows"] == rows)
+        best = {}
+        for r in res:
+            if r["rows"] == rows:
+                key = r["hw_out"] ** 2
+                best.setdefault(key, [0.0, 0.0])
+                best[key][0] += r["cudnn_us"] * r["count"]
+                best[key][1] += r["gemm_us"] * r["count"]
+        print(f"rows {rows}: all convs cudnn {tc:.0f} us, gemm {tg:.0f} us; per output size (pixels: cudnn, gemm) "
+              + ", ".join(f"{p}: {a:.0f}/{g:.0f}" for p, (a, g) in sorted(best.items())), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ks", default="1,12,25")
+    ap.add_argument("--variants", default="eager,eager+gemm64,compile,compile+gemm64",
+                    help="comma-separated; each a '+'-joined set of: eager|compile, gemmN (GEMM convs up to N "
+                         "output pixels), cudnnbench (torch.backends.cudnn.benchmark)")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--convs", action="store_true")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default="prof")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    from vfrt.engines.fast import FastEngine
+    from vfrt.models import Zero123
+    from vfrt.runtime.benchmark import bind_random_view
+    from vfrt.runtime.schedule import make_ddim_schedule
+
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": {}}
+    if args.attention:
+        attention_bench(out)
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(out, f, indent=1)
+    torch.manual_seed(0)
+    model = Zero123.from_config(None).eval()
+    if args.convs:
+        conv_bench(model, out)
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(out, f, indent=1)
+    sched = make_ddim_schedule(75, 1.0)
+    ks = [int(k) for k in args.ks.split(",")]
+    for variant in args.variants.split(","):
+        opts = set(variant.split("+"))
+        torch.backends.cudnn.benchmark = "cudnnbench" in opts
+        gemm = [int(o[4:]) for o in opts if o.startswith("gemm")]
+        t0 = time.perf_counter()
+        eng = FastEngine(model, device="cuda", compile="compile" in opts,
+                         gemm_conv_max_pixels=gemm[0] if gemm else 0)
+        v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
+        gen = torch.Generator().manual_seed(0)
+        for K in ks:
+            den, _ = bind_random_view(eng, K, 256, sched, gen)
+            x = torch.randn((1, 4, 32, 32), generator=gen)
+            noise = torch.randn((sched.num_steps, K, 4, 32, 32), generator=gen)
+            g = eng.step_graph(K, True, sched.num_steps, (4, 32, 32), tuple(den.h0.shape))
+            g.load(den, x.cuda(), den.combined_noise(noise, (4, 32, 32)))
+            t0 = time.perf_counter()
+            g.capture()
+            torch.cuda.synchronize()
+            v["capture_s"][K] = time.perf_counter() - t0
+
+            def replay():
+                g.step_idx.zero_()
+                g.graph.replay()
+            v["step_ms"][K] = time_ms(replay, args.repeats)
+            if args.profile:
+                v["profile"][K] = profile_kernels(replay)
+            print(f"{variant} K={K}: {v['step_ms'][K]:.3f} ms (capture {v['capture_s'][K]:.1f} s)", flush=True)
+        out["variants"][variant] = v
+        del eng, g, den
+        torch.cuda.empty_cache()
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(out, f, indent=1)
+
+    lines = []
+    for variant, v in out["variants"].items():
+        for K, p in v["profile"].items():
+            lines.append(f"== {variant} K={K}: step {v['step_ms'][K]:.3f} ms, kernels {p['kernels_per_step']:.0f}/step, "
+                         f"kernel time {p['kernel_ms_per_step']:.3f} ms")
+            lines.append("   " + ", ".join(f"{c} {ms:.3f}" for c, ms in p["by_category_ms"].items()))
+            for name, ms, cnt in p["top"][:25]:
+                lines.append(f"   {ms:8.4f} ms x{cnt:<4d} {name}")
+    for key, r in out.get("attention", {}).items():
+        lines.append(f"attn {key}: " + (f"{r['ms']:.4f} ms {r['tflops']:.0f} TFLOP/s" if "ms" in r else r["error"]))
+    text = "\n".join(lines)
+    with open(os.path.join(args.out, "profile.txt"), "w") as f:
+        f.write(text + "\n")
+    for variant, v in out["variants"].items():
+        print(variant, {K: round(ms, 3) for K, ms in v["step_ms"].items()})
+
+
+if __name__ == "__main__":
+    main()
