@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 def kernel_category(name: str) -> str:
     n = name.lower()
+    if n.startswith("triton"):
+        return "triton (fused)"
     if "flash" in n or "fmha" in n or "attention" in n or "sdpa" in n:
         return "attention"
     if "conv" in n or "implicit" in n or "xmma_fprop" in n or "cudnn" in n or "fprop" in n or "dgrad" in n:
@@ -173,7 +175,8 @@ def main():
     ap.add_argument("--ks", default="1,12,25")
     ap.add_argument("--variants", default="eager,eager+gemm64,compile,compile+gemm64",
                     help="comma-separated; each a '+'-joined set of: eager|compile, gemmN (GEMM convs up to N "
-                         "output pixels), cudnnbench (torch.backends.cudnn.benchmark)")
+                         "output pixels), cudnnbench (torch.backends.cudnn.benchmark), Inductor options c1x1mm "
+                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--attention", action="store_true")
     ap.add_argument("--convs", action="store_true")
@@ -204,8 +207,10 @@ def main():
         torch.backends.cudnn.benchmark = "cudnnbench" in opts
         gemm = [int(o[4:]) for o in opts if o.startswith("gemm")]
         t0 = time.perf_counter()
+        inductor = {k: v for k, v in (("conv_1x1_as_mm", True), ("freezing", True), ("coordinate_descent_tuning", True))
+                    if {"conv_1x1_as_mm": "c1x1mm", "freezing": "freeze", "coordinate_descent_tuning": "cdt"}[k] in opts}
         eng = FastEngine(model, device="cuda", compile="compile" in opts,
-                         gemm_conv_max_pixels=gemm[0] if gemm else 0)
+                         gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None)
         v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
         gen = torch.Generator().manual_seed(0)
         for K in ks:

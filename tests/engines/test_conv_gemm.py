@@ -44,8 +44,7 @@ def image():
 
 @pytest.mark.parametrize("max_pixels", [0, 16, 10**6])
 def test_fast_engine_with_gemm_convs_matches_reference(tiny_model, image, max_pixels):
-    """1x1 convs (always, channels-last) and none, some (<= 4x4 outputs) or all 3x3 convs as GEMMs:
-    the same orbit as the reference engine (fp32, CPU)."""
+    """None, some (<= 4x4 outputs) or all convolutions as GEMMs: the same orbit as the reference engine (fp32, CPU)."""
     ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=3, steps=8, seed=4,
                                                                         preprocess=False)
     fast = Pipeline(tiny_model, device="cpu", backend="fast", channels_last=True, gemm_conv_max_pixels=max_pixels)

@@ -15,7 +15,7 @@ import click
 @click.option("--compile/--no-compile", "compile_unet", default=None,
               help="torch.compile the UNet inside the CUDA graphs [default: the engine's default, on with Triton].")
 @click.option("--gemm-conv-max-pixels", type=int, default=None,
-              help="3x3 convs with at most this many output pixels run as one GEMM [default: 0, off].")
+              help="Convs with at most this many output pixels run as one GEMM [default: 0, off].")
 @click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")
 @click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
 @click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")

@@ -64,10 +64,10 @@ class FastEngine:
             on for CUDA when Triton is importable (1.7x faster steps, docs/PERF.md; the first
             process compiles for ~40 s, later ones reuse Inductor's on-disk cache). If compiling
             fails, the engine warns once and runs the uncompiled forward (same results).
-        gemm_conv_max_pixels: 3x3 convolutions with at most this many output pixels per image run
-            as one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: measured
-            slower than cuDNN except at 4x4 with K = 1, docs/PERF.md). 1x1 convolutions always run
-            as GEMMs with channels-last.
+        gemm_conv_max_pixels: convolutions with at most this many output pixels per image run as
+            one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: inside the
+            compiled step it measured slower than cuDNN, docs/PERF.md).
+        compile_options: Inductor config overrides for ``compile`` (e.g. ``{"conv_1x1_as_mm": True}``).
         vae_dtype: VAE dtype (default: float16 on CUDA, as the original under autocast; float32 on CPU).
         k_buckets: pad K up to the next bucket with zero-weight references, so fewer graphs are
             captured (e.g. (1, 2, 4, 8, 12, 16, 20, 25)); None captures one graph per distinct K
@@ -82,7 +82,7 @@ class FastEngine:
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool | None = None,
                  vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True,
-                 gemm_conv_max_pixels: int | None = None):
+                 gemm_conv_max_pixels: int | None = None, compile_options: dict | None = None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -106,7 +106,7 @@ class FastEngine:
         if compile is None:
             compile = cuda and _triton_available()
         if compile:
-            self.unet.compile()
+            self.unet.compile(options=compile_options)
         self.vae_dtype = _dtype(vae_dtype if vae_dtype is not None else ("float16" if cuda else "float32"))
         # Encoders (once per view): CLIP in the compute dtype (the original runs it in fp16 on CUDA
         # too), the VAE in vae_dtype, the tiny projection in fp32.

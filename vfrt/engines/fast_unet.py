@@ -38,10 +38,9 @@ class FastUNet:
         channels_last: keep 4-D activations in NHWC memory format.
         copy_weights: work on a copy (default); False converts ``unet`` itself in place, which
             saves a full fp32 copy in host memory when the caller owns the model.
-        gemm_conv_max_pixels: 3x3 convolutions whose output has at most this many pixels per image
+        gemm_conv_max_pixels: convolutions whose output has at most this many pixels per image
             (h' x w') run as one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`) instead of
             cuDNN; 0 (default) disables it. Needs ``channels_last`` (the weights are used as views).
-            With channels-last, 1x1 convolutions always run as one GEMM.
     """
 
     def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False, copy_weights: bool = True,
@@ -87,13 +86,16 @@ class FastUNet:
         self._forward_impl = self._forward_eager
         self.compiled = False
 
-    def compile(self, mode: str = "default") -> None:
+    def compile(self, mode: str | None = "default", options: dict | None = None) -> None:
         """Compile the forward with TorchInductor (fused norms/activations), dynamic in the row count.
 
         The compiled function is still captured in the engine's CUDA graphs; compilation happens
         at the first call (about a minute; cached on disk by Inductor for later processes).
         """
-        self._forward_impl = torch.compile(self._forward_eager, mode=mode, dynamic=None, fullgraph=False)
+        if options:  # Inductor config overrides (torch.compile takes a mode or options, not both)
+            self._forward_impl = torch.compile(self._forward_eager, options=dict(options), dynamic=None)
+        else:
+            self._forward_impl = torch.compile(self._forward_eager, mode=mode, dynamic=None, fullgraph=False)
         self.compiled = True
         self._compile_verified = False
 
@@ -195,18 +197,15 @@ class FastUNet:
         return h
 
     def _conv(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """``conv(x)``: cuDNN for 3x3 kernels; with channels-last, 1x1 kernels as one GEMM (cuBLAS; 1.3-2x
-        faster than cuDNN at every UNet shape on the H100), and 3x3 kernels too at output sizes up to
-        ``gemm_conv_max_pixels`` (docs/PERF.md: that loses except at 4x4 with K = 1, so it is off by default)."""
+        """``conv(x)``: cuDNN, or one GEMM at output sizes up to ``gemm_conv_max_pixels`` (off by default:
+        measured on the H100 it wins only for 1x1 kernels without ``torch.compile`` and for 3x3 at 4x4
+        with K = 1, and loses inside the compiled step - docs/PERF.md)."""
         stride, padding, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
-        if self.memory_format is torch.channels_last:
-            if k == 1 and stride == 1 and padding == 0:
-                return conv2d_as_gemm(x, conv.weight, conv.bias)
-            if self.gemm_conv_max_pixels:
-                ho = (x.shape[-2] + 2 * padding - k) // stride + 1
-                wo = (x.shape[-1] + 2 * padding - k) // stride + 1
-                if ho * wo <= self.gemm_conv_max_pixels:
-                    return conv2d_as_gemm(x, conv.weight, conv.bias, stride, padding)
+        if self.gemm_conv_max_pixels:
+            ho = (x.shape[-2] + 2 * padding - k) // stride + 1
+            wo = (x.shape[-1] + 2 * padding - k) // stride + 1
+            if ho * wo <= self.gemm_conv_max_pixels:
+                return conv2d_as_gemm(x, conv.weight, conv.bias, stride, padding)
         return F.conv2d(x, conv.weight, conv.bias, stride, padding)
 
     def _res(self, rb: ResBlock, x, emb_out):
