@@ -16,11 +16,13 @@ import click
               help="torch.compile the UNet inside the CUDA graphs [default: the engine's default, on with Triton].")
 @click.option("--gemm-conv-max-pixels", type=int, default=None,
               help="Convs with at most this many output pixels run as one GEMM [default: 0, off].")
+@click.option("--k-buckets", default=None,
+              help="Pad K up to these counts with zero-weight references (fewer CUDA graphs to capture), e.g. 1,2,4,8,12,16,20,25.")
 @click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")
 @click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
 @click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")
 @click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(checkpoint, config, ks, repeats, dtype, compile_unet, gemm_conv_max_pixels, no_channels_last, no_reference, no_orbit, out):
+def bench(checkpoint, config, ks, repeats, dtype, compile_unet, gemm_conv_max_pixels, k_buckets, no_channels_last, no_reference, no_orbit, out):
     """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; prints a table, writes JSON."""
     import logging
 
@@ -33,6 +35,10 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, gemm_conv_max_pi
         k_list = tuple(int(k) for k in ks.split(","))
     except ValueError as exc:
         raise click.BadParameter("comma-separated integers", param_hint="--ks") from exc
+    try:
+        buckets = tuple(int(k) for k in k_buckets.split(",")) if k_buckets else None
+    except ValueError as exc:
+        raise click.BadParameter("comma-separated integers", param_hint="--k-buckets") from exc
     logging.getLogger("vfrt").setLevel(logging.INFO)
     if checkpoint:
         from vfrt.models import CheckpointError, load_zero123
@@ -46,7 +52,7 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, gemm_conv_max_pi
         model = Zero123.from_config(None).eval()
     res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, channels_last=not no_channels_last,
                         reference=not no_reference, fidelity=not no_reference, orbit=not no_orbit,
-                        compile=compile_unet, gemm_conv_max_pixels=gemm_conv_max_pixels)
+                        compile=compile_unet, gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=buckets)
     prog = "vfrt" if sys.argv[0].endswith("vfrt") else f"python {sys.argv[0]}"
     res["command"] = " ".join([prog] + sys.argv[1:])
     save_json(res, out)
