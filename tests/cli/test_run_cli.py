@@ -156,3 +156,31 @@ def test_several_images_share_one_model_and_a_bad_one_does_not_stop_the_rest(tin
     assert (tmp_path / "batch" / "object" / "run.json").is_file()
     assert (tmp_path / "batch" / "other" / "run.json").is_file()
     assert not (tmp_path / "batch" / "blank").exists()
+
+
+@pytest.mark.parametrize("n_images,extra,expected", [
+    (1, [], False),                        # one orbit: compiling would cost more than it saves
+    (3, [], True),                         # 3 x 35 views: it pays off
+    (3, ["--generate", "4"], False),       # 12 views
+    (1, ["--compile"], True),              # the user's choice wins either way
+    (3, ["--no-compile"], False),
+])
+def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_path, monkeypatch, n_images, extra,
+                                                 expected):
+    import shutil
+
+    import vfrt.cli.common as common
+    seen = {}
+
+    def fake_load(ckpt, config, device, backend, trust, ema, engine_kwargs):
+        seen.update(engine_kwargs or {})
+        raise SystemExit(0)
+    monkeypatch.setattr(common, "load_pipeline", fake_load)
+    photos = []
+    for i in range(n_images):
+        p = tmp_path / f"p{i}.png"
+        shutil.copy(photo, p)
+        photos.append(str(p))
+    CliRunner().invoke(cli, ["run", *photos, "-c", str(tiny_checkpoint.ckpt), "--config", str(tiny_checkpoint.yaml),
+                             "--backend", "fast", "--device", "cpu", "-o", str(tmp_path / "o"), *extra])
+    assert seen.get("compile") is expected

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import click
 
+# --compile's automatic choice: with a warm Inductor cache compiling pays off after ~3 orbits in one
+# process (docs/PERF.md, "Compiling by default?"), so it is on for runs that generate this many views.
+COMPILE_MIN_VIEWS = 100
+
 
 def _parse_extra(values) -> tuple:
     out = []
@@ -58,8 +62,9 @@ def _parse_extra(values) -> tuple:
 @click.option("--noise-mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="Fast backend: K replayable draws per step, or one equivalent draw.")
 @click.option("--compile/--no-compile", "compile_unet", default=None,
-              help="Fast backend: torch.compile the UNet [default: on with CUDA and Triton; ~1.7x faster steps, "
-                   "~40 s to compile in the first process, cached on disk for later ones].")
+              help="Fast backend: torch.compile the UNet: 1.7x faster steps, but 25-75 s to compile and slower "
+                   f"first captures [default: on when the run generates >= {COMPILE_MIN_VIEWS} views, e.g. 3 orbits, "
+                   "where it pays off - docs/PERF.md].")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -96,6 +101,9 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
     if backend == "auto":
         import torch
         backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
+    if compile_unet is None:
+        per_image = (cfg.generate or cfg.views - 1) if run_mode != "single" else 1
+        compile_unet = len(images) * per_image >= COMPILE_MIN_VIEWS
     engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet} | ({"dtype": dtype} if dtype else {})
                      if backend == "fast" else None)
     pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
