@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vfrt.recon.cameras import orbit_world_to_camera
+from vfrt.runtime.cameras import orbit_world_to_camera
 from vfrt.recon.data import load_views, mask_from_white_background
 from vfrt.recon.errors import InputDataError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import trimesh
 
-from vfrt.recon.cameras import Intrinsics, world_to_camera
+from vfrt.runtime.cameras import Intrinsics, world_to_camera
 from vfrt.recon.metrics import evaluate_mesh, normalise_mesh
 from vfrt.recon.render_mesh import rasterize
 
@@ -64,7 +64,7 @@ def test_eval_mesh_cli(tmp_path):
 
 @pytest.mark.parametrize("shape", ["capsule", "torus", "box", "sphere"])
 def test_demo_shapes_stay_inside_the_frame(shape):
-    from vfrt.recon.cameras import orbit_world_to_camera
+    from vfrt.runtime.cameras import orbit_world_to_camera
     from vfrt.recon.render_mesh import demo_mesh, render_views
 
     alpha = render_views(demo_mesh(shape), orbit_world_to_camera(8, 30.0), Intrinsics.default(64))[..., 3]

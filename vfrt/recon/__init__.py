@@ -4,7 +4,7 @@ kernel), fields, renderer, trainer, mesh extraction, demo renderer and mesh metr
 Self-contained: imports nothing from other ``vfrt`` subpackages. Heavy modules (trimesh,
 scikit-image, Triton) are imported lazily by the functions that need them.
 """
-from vfrt.recon.cameras import write_transforms_json
+from vfrt.runtime.cameras import write_transforms_json
 from vfrt.recon.config import HashGridConfig, ReconConfig
 from vfrt.recon.errors import (ConfigError, EmptySurfaceError, InputDataError, ReconError,
                                TrainingDivergedError)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vfrt.recon.cameras import Intrinsics, orbit_world_to_camera
+from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera
 from vfrt.recon.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _load_transforms(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
             raise InputDataError(f"{path}: frame {i} transform_matrix is not a finite 4x4 matrix")
         files.append(f)
         mats.append(m)
-    from vfrt.recon.cameras import opengl_to_opencv_c2w
+    from vfrt.runtime.cameras import opengl_to_opencv_c2w
 
     return files, opengl_to_opencv_c2w(np.stack(mats)), meta
 

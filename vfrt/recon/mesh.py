@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfrt.recon.cameras import Intrinsics, orbit_world_to_camera
+from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera
 from vfrt.recon.errors import EmptySurfaceError
 from vfrt.recon.fields import NeuSFields
 

@@ -2,7 +2,7 @@
 
 Used for (1) ground-truth views of a known textured mesh with exact cameras (SPEC §8), and
 (2) turntable renders of reconstructed meshes. Pixels are sampled at their centres, in the
-pixel-centre convention of :mod:`vfrt.recon.cameras`; barycentrics are perspective-correct.
+pixel-centre convention of :mod:`vfrt.runtime.cameras`; barycentrics are perspective-correct.
 
 Algorithm: project vertices; per triangle, enumerate the pixels of its bounding box (triangles
 are bucketed by bounding-box size, so tiny and huge triangles are both vectorised), keep
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfrt.recon.cameras import Intrinsics, orbit_world_to_camera, write_transforms_json
+from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera, write_transforms_json
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vfrt.recon.cameras import pixel_rays
+from vfrt.recon.rays import pixel_rays
 from vfrt.recon.config import ReconConfig
 from vfrt.recon.data import ReconData
 from vfrt.recon.errors import ConfigError, TrainingDivergedError

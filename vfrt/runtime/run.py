@@ -216,7 +216,7 @@ def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
 
 
 def _write_cameras(folder: Path, result, cfg: RunConfig, names: list[str]) -> None:
-    from vfrt.recon.cameras import Intrinsics, world_to_camera, write_transforms_json
+    from vfrt.runtime.cameras import Intrinsics, world_to_camera, write_transforms_json
     n = len(names)
     complete = n == result.n_views
     az = result.orbit_azimuths()

@@ -1,4 +1,5 @@
-"""Orbit cameras of ViewFusion / SyncDreamer (SPEC §8) and ray generation.
+"""Orbit cameras of ViewFusion / SyncDreamer (SPEC §8): the poses a run writes (``cameras.json``,
+``transforms.json``) and NeuS reads back.
 
 Conventions
 -----------
@@ -135,24 +136,3 @@ def write_transforms_json(path: str | Path, n_views: int, elevation_deg: float =
     data = transforms_dict(n_views, elevation_deg, image_names, image_size, focal_256, distance)
     path.write_text(json.dumps(data, indent=2))
     return path
-
-
-def pixel_rays(c2w_cv, intrinsics: Intrinsics):
-    """Rays of every pixel of each camera.
-
-    Args:
-        c2w_cv: (N, 4, 4) torch float32 OpenCV camera-to-world.
-    Returns:
-        origins (N, H, W, 3), directions (N, H, W, 3) unit length, torch float32.
-    """
-    import torch
-
-    k = intrinsics
-    v, u = torch.meshgrid(torch.arange(k.height, dtype=torch.float32), torch.arange(k.width, dtype=torch.float32),
-                          indexing="ij")
-    d_cam = torch.stack([(u + 0.5 - k.cx) / k.fx, (v + 0.5 - k.cy) / k.fy, torch.ones_like(u)], dim=-1)
-    c2w = c2w_cv.to(torch.float32)
-    dirs = torch.einsum("nij,hwj->nhwi", c2w[:, :3, :3], d_cam)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    origins = c2w[:, None, None, :3, 3].expand_as(dirs).contiguous()
-    return origins, dirs

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vfrt.recon.cameras import (Intrinsics, camera_to_world_opengl, opengl_to_opencv_c2w, orbit_world_to_camera,
-                                pixel_rays, world_to_camera, write_transforms_json)
+from vfrt.recon.rays import pixel_rays
+from vfrt.runtime.cameras import (Intrinsics, camera_to_world_opengl, opengl_to_opencv_c2w, orbit_world_to_camera,
+                                  world_to_camera, write_transforms_json)
 
 
 @pytest.mark.parametrize("az,el", [(0.0, 30.0), (90.0, 30.0), (200.0, -10.0), (45.0, 60.0)])
