@@ -30,8 +30,6 @@ def kernel_category(name: str) -> str:
         return "convolution"
     if "gemm" in n or "cutlass" in n or "nvjet" in n or "cublas" in n or "sm90_xmma" in n:
         return "gemm"
-    if n.startswith("triton"):
-        return "triton (fused)"
     if "norm" in n:
         return "norm"
     return "other"

@@ -14,8 +14,8 @@ import click
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
 @click.option("--compile/--no-compile", "compile_unet", default=None,
               help="torch.compile the UNet inside the CUDA graphs [default: the engine's default, on with Triton].")
-@click.option("--gemm-conv-max-pixels", type=int, default=None,
-              help="Convs with at most this many output pixels run as one GEMM [default: 0, off].")
+@click.option("--gemm-conv-max-pixels", type=int, default=0, show_default=True,
+              help="Convs with at most this many output pixels per image run as one GEMM (0: off).")
 @click.option("--k-buckets", default=None,
               help="Pad K up to these counts with zero-weight references (fewer CUDA graphs to capture), e.g. 1,2,4,8,12,16,20,25.")
 @click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")

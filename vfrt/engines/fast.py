@@ -61,9 +61,10 @@ class FastEngine:
             faster at every K on the H100 - docs/PERF.md).
         fast_noise_seed: seed of the device generator used by ``noise_mode="fast"``.
         compile: compile the UNet forward with TorchInductor (inside the CUDA graphs). Default:
-            on for CUDA when Triton is importable (1.7x faster steps, docs/PERF.md; the first
-            process compiles for ~40 s, later ones reuse Inductor's on-disk cache). If compiling
-            fails, the engine warns once and runs the uncompiled forward (same results).
+            on for CUDA when Triton is importable (1.7x faster steps, docs/PERF.md). The first step
+            compiles: 75-100 s with an empty Inductor cache, 20-30 s when an earlier process filled
+            it (on disk). If compiling fails, the engine warns once and runs the uncompiled forward
+            (same results).
         gemm_conv_max_pixels: convolutions with at most this many output pixels per image run as
             one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: inside the
             compiled step it measured slower than cuDNN, docs/PERF.md).
@@ -82,7 +83,7 @@ class FastEngine:
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool | None = None,
                  vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True,
-                 gemm_conv_max_pixels: int | None = None, compile_options: dict | None = None):
+                 gemm_conv_max_pixels: int = 0, compile_options: dict | None = None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -99,8 +100,6 @@ class FastEngine:
             raise ValueError("CUDA graphs need a CUDA device")
         self.config = model.config
         channels_last = cuda if channels_last is None else bool(channels_last)
-        if gemm_conv_max_pixels is None:
-            gemm_conv_max_pixels = 0
         self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last,
                              copy_weights=copy_weights, gemm_conv_max_pixels=gemm_conv_max_pixels)
         if compile is None:

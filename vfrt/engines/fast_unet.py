@@ -90,7 +90,7 @@ class FastUNet:
         """Compile the forward with TorchInductor (fused norms/activations), dynamic in the row count.
 
         The compiled function is still captured in the engine's CUDA graphs; compilation happens
-        at the first call (about a minute; cached on disk by Inductor for later processes).
+        at the first call (75-100 s at full size; cached on disk by Inductor for later processes).
         """
         if options:  # Inductor config overrides (torch.compile takes a mode or options, not both)
             self._forward_impl = torch.compile(self._forward_eager, options=dict(options), dynamic=None)

@@ -61,7 +61,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
                   orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
                   reference: bool = True, device: str = "cuda", compile: bool | None = None,
-                  gemm_conv_max_pixels: int | None = None, k_buckets: tuple[int, ...] | None = None) -> dict:
+                  gemm_conv_max_pixels: int = 0, k_buckets: tuple[int, ...] | None = None) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
     from vfrt.engines.reference import ReferenceEngine
