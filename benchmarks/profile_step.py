@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 
+INDUCTOR_TOKENS = {"c1x1mm": "conv_1x1_as_mm", "freeze": "freezing", "cdt": "coordinate_descent_tuning"}
+
+
 def kernel_category(name: str) -> str:
     n = name.lower()
     if n.startswith("triton"):
@@ -205,8 +208,7 @@ def main():
         torch.backends.cudnn.benchmark = "cudnnbench" in opts
         gemm = [int(o[4:]) for o in opts if o.startswith("gemm")]
         t0 = time.perf_counter()
-        inductor = {k: v for k, v in (("conv_1x1_as_mm", True), ("freezing", True), ("coordinate_descent_tuning", True))
-                    if {"conv_1x1_as_mm": "c1x1mm", "freezing": "freeze", "coordinate_descent_tuning": "cdt"}[k] in opts}
+        inductor = {option: True for token, option in INDUCTOR_TOKENS.items() if token in opts}
         eng = FastEngine(model, device="cuda", compile="compile" in opts,
                          gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None)
         v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
