@@ -171,16 +171,71 @@ def conv_bench(model, out: dict, rows_list=(2, 13, 26)) -> None:
               + ", ".join(f"{p}: {a:.0f}/{g:.0f}" for p, (a, g) in sorted(best.items())), flush=True)
 
 
+def geglu_bench(out: dict, rows_list=(2, 13, 26)) -> None:
+    """The feed-forward GEGLU projection per UNet level: Inductor (cuBLAS GEMM + fused pointwise) vs one Triton GEMM."""
+    from vfrt.engines.geglu_triton import geglu_projection, geglu_reference
+    unfused = torch.compile(geglu_reference, dynamic=False)
+    res = []
+    for hw, c in ((1024, 320), (256, 640), (64, 1280)):
+        w = torch.randn((8 * c, c), device="cuda", dtype=torch.float16) * c ** -0.5
+        b = torch.randn((8 * c,), device="cuda", dtype=torch.float16)
+        for rows in rows_list:
+            x = torch.randn((rows, hw, c), device="cuda", dtype=torch.float16)
+            with torch.no_grad():
+                err = (geglu_projection(x, w, b).float() - geglu_reference(x.float(), w.float(), b.float())).abs().max()
+                t_unfused = graph_time_us(lambda: unfused(x, w, b))
+                t_fused = graph_time_us(lambda: geglu_projection(x, w, b))
+            flops = 2 * rows * hw * c * 8 * c
+            r = {"hw": hw, "c": c, "rows": rows, "unfused_us": t_unfused, "fused_us": t_fused,
+                 "fused_tflops": flops / t_fused / 1e6, "max_abs_err_vs_fp32": float(err)}
+            res.append(r)
+            print(f"geglu hw {hw} c {c} rows {rows}: inductor {t_unfused:.1f} us, fused {t_fused:.1f} us "
+                  f"({r['fused_tflops']:.0f} TFLOP/s), max err {float(err):.2e}", flush=True)
+    out["geglu"] = res
+    # every configuration of the fused kernel, per shape (the data behind its fixed configuration table)
+    from vfrt.engines import geglu_triton as gt
+    import triton
+    configs = [(bm, bn, bk, w, st) for bm, bn, bk, w, st in
+               ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 8, 4),
+                (64, 64, 64, 4, 4), (128, 64, 32, 4, 5), (64, 64, 32, 4, 5), (256, 64, 64, 8, 3),
+                (64, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 8, 4), (128, 128, 64, 4, 3),
+                (64, 128, 32, 4, 5), (128, 256, 32, 8, 3))]
+    table = []
+    for hw, c in ((1024, 320), (256, 640), (64, 1280)):
+        w = torch.randn((8 * c, c), device="cuda", dtype=torch.float16) * c ** -0.5
+        b = torch.randn((8 * c,), device="cuda", dtype=torch.float16)
+        for rows in (2, 5, 13, 26):
+            x = torch.randn((rows * hw, c), device="cuda", dtype=torch.float16)
+            y = torch.empty((rows * hw, 4 * c), device="cuda", dtype=torch.float16)
+            M, N, K = rows * hw, 4 * c, c
+            for bm, bn, bk, nw, st in configs:
+                grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+
+                def launch():
+                    gt._geglu_kernel[grid](x, w, b, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), BM=bm,
+                                           BN=bn, BK=bk, GROUP_M=8, EVEN_K=True, num_warps=nw, num_stages=st)
+                try:
+                    t = graph_time_us(launch)
+                except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                    t = None
+                    print(f"config {bm}x{bn}x{bk} w{nw} s{st} failed: {str(exc)[:120]}", flush=True)
+                table.append({"hw": hw, "c": c, "rows": rows, "config": [bm, bn, bk, nw, st], "us": t})
+            best = min((r for r in table if r["hw"] == hw and r["rows"] == rows and r["us"]), key=lambda r: r["us"])
+            print(f"geglu configs hw {hw} c {c} rows {rows}: best {best['config']} {best['us']:.1f} us", flush=True)
+    out["geglu_configs"] = table
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ks", default="1,12,25")
     ap.add_argument("--variants", default="eager,eager+gemm64,compile,compile+gemm64",
                     help="comma-separated; each a '+'-joined set of: eager|compile, gemmN (GEMM convs up to N "
                          "output pixels), cudnnbench (torch.backends.cudnn.benchmark), Inductor options c1x1mm "
-                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning)")
+                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning), nogeglu (unfused GEGLU)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--attention", action="store_true")
     ap.add_argument("--convs", action="store_true")
+    ap.add_argument("--geglu", action="store_true", help="time the fused GEGLU kernel against Inductor's")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default="prof")
     args = ap.parse_args()
@@ -195,6 +250,10 @@ def main():
         attention_bench(out)
         with open(os.path.join(args.out, "profile.json"), "w") as f:
             json.dump(out, f, indent=1)
+    if args.geglu:
+        geglu_bench(out)
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(out, f, indent=1)
     torch.manual_seed(0)
     model = Zero123.from_config(None).eval()
     if args.convs:
@@ -203,14 +262,15 @@ def main():
             json.dump(out, f, indent=1)
     sched = make_ddim_schedule(75, 1.0)
     ks = [int(k) for k in args.ks.split(",")]
-    for variant in args.variants.split(","):
+    for variant in [v for v in args.variants.split(",") if v]:
         opts = set(variant.split("+"))
         torch.backends.cudnn.benchmark = "cudnnbench" in opts
         gemm = [int(o[4:]) for o in opts if o.startswith("gemm")]
         t0 = time.perf_counter()
         inductor = {option: True for token, option in INDUCTOR_TOKENS.items() if token in opts}
         eng = FastEngine(model, device="cuda", compile="compile" in opts,
-                         gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None)
+                         gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None,
+                         fused_geglu="nogeglu" not in opts)
         v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
         gen = torch.Generator().manual_seed(0)
         for K in ks:

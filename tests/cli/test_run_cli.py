@@ -158,15 +158,15 @@ def test_several_images_share_one_model_and_a_bad_one_does_not_stop_the_rest(tin
     assert not (tmp_path / "batch" / "blank").exists()
 
 
-@pytest.mark.parametrize("n_images,extra,expected", [
-    (1, [], False),                        # one orbit: compiling would cost more than it saves
-    (3, [], True),                         # 3 x 35 views: it pays off
-    (3, ["--generate", "4"], False),       # 12 views
-    (1, ["--compile"], True),              # the user's choice wins either way
-    (3, ["--no-compile"], False),
+@pytest.mark.parametrize("n_images,extra,expected,attention", [
+    (1, [], False, "flash"),                        # one orbit: compiling would cost more than it saves
+    (3, [], True, "auto"),                          # 3 x 35 views: it pays off
+    (3, ["--generate", "4"], False, "flash"),       # 12 views
+    (1, ["--compile"], True, "flash"),              # the user's choice wins either way
+    (3, ["--no-compile"], False, "auto"),
 ])
 def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_path, monkeypatch, n_images, extra,
-                                                 expected):
+                                                 expected, attention):
     import shutil
 
     import vfrt.cli.common as common
@@ -184,3 +184,4 @@ def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_pat
     CliRunner().invoke(cli, ["run", *photos, "-c", str(tiny_checkpoint.ckpt), "--config", str(tiny_checkpoint.yaml),
                              "--backend", "fast", "--device", "cpu", "-o", str(tmp_path / "o"), *extra])
     assert seen.get("compile") is expected
+    assert seen.get("attention") == attention       # cuDNN attention's per-shape planning only for long runs

@@ -140,6 +140,16 @@ def test_fast_engine_fp32_matches_reference(tiny_model, image, ref_pipe, ref_orb
     assert np.abs(out.images - ref.images).max() <= 1e-4
 
 
+def test_fast_engine_without_cudnn_attention_matches_reference(tiny_model, image, ref_orbit):
+    """attention="flash" (what a short `vfrt run` uses) only restricts the SDPA backends: same result."""
+    fast = Pipeline(tiny_model, device="cpu", backend="fast", attention="flash")
+    assert fast.engine.unet.attention == "flash"
+    out = fast.orbit(image, views=36, generate=4, steps=STEPS, noise=ref_orbit.noise, preprocess=False)
+    assert np.abs(out.images - ref_orbit.images).max() <= 1e-4
+    with pytest.raises(ValueError, match="attention must be one of auto, flash"):
+        Pipeline(tiny_model, device="cpu", backend="fast", attention="cudnn-please")
+
+
 def test_bad_arguments(ref_pipe, image):
     with pytest.raises(ValueError, match="guidance"):
         ref_pipe.orbit(image, generate=1, steps=STEPS, guidance=float("nan"), preprocess=False)

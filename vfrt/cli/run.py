@@ -7,6 +7,8 @@ import click
 
 # --compile's automatic choice: with a warm Inductor cache compiling pays off after ~3 orbits in one
 # process (docs/PERF.md, "Compiling by default?"), so it is on for runs that generate this many views.
+# Shorter runs also use flash attention instead of cuDNN's (no per-shape planning: ~4 s less for a
+# first orbit, ~0.8 s more for each later one; docs/PERF.md run 6).
 COMPILE_MIN_VIEWS = 100
 
 
@@ -101,11 +103,14 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
     if backend == "auto":
         import torch
         backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
+    per_image = (cfg.generate or cfg.views - 1) if run_mode != "single" else 1
+    long_run = len(images) * per_image >= COMPILE_MIN_VIEWS
     if compile_unet is None:
-        per_image = (cfg.generate or cfg.views - 1) if run_mode != "single" else 1
-        compile_unet = len(images) * per_image >= COMPILE_MIN_VIEWS
-    engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet} | ({"dtype": dtype} if dtype else {})
-                     if backend == "fast" else None)
+        compile_unet = long_run
+    # A short run meets most of its K values once: skip cuDNN attention's per-shape planning there.
+    attention = "auto" if long_run else "flash"
+    engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet, "attention": attention}
+                     | ({"dtype": dtype} if dtype else {}) if backend == "fast" else None)
     pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
     if noise is not None and len(images) > 1:
         raise click.UsageError("--noise replays one run; give a single image with it")

@@ -68,6 +68,10 @@ class FastEngine:
         gemm_conv_max_pixels: convolutions with at most this many output pixels per image run as
             one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: inside the
             compiled step it measured slower than cuDNN, docs/PERF.md).
+        fused_geglu: one fused Triton GEMM per feed-forward GEGLU projection (default None: on for
+            CUDA when Triton is importable; docs/PERF.md run 6).
+        attention: "auto" (PyTorch's SDPA choice: cuDNN on the H100) or "flash" (never cuDNN: no
+            ~0.2 s of plan building at each new K's first step, slightly slower steps); see FastUNet.
         compile_options: Inductor config overrides for ``compile`` (e.g. ``{"conv_1x1_as_mm": True}``).
         vae_dtype: VAE dtype (default: float16 on CUDA, as the original under autocast; float32 on CPU).
         k_buckets: pad K up to the next bucket with zero-weight references, so fewer graphs are
@@ -83,7 +87,8 @@ class FastEngine:
     def __init__(self, model, device="cuda", dtype=None, noise_mode: str = "exact", use_graphs: bool | None = None,
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool | None = None,
                  vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True,
-                 gemm_conv_max_pixels: int = 0, compile_options: dict | None = None):
+                 gemm_conv_max_pixels: int = 0, compile_options: dict | None = None,
+                 fused_geglu: bool | None = None, attention: str = "auto"):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -101,7 +106,8 @@ class FastEngine:
         self.config = model.config
         channels_last = cuda if channels_last is None else bool(channels_last)
         self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last,
-                             copy_weights=copy_weights, gemm_conv_max_pixels=gemm_conv_max_pixels)
+                             copy_weights=copy_weights, gemm_conv_max_pixels=gemm_conv_max_pixels,
+                             fused_geglu=fused_geglu, attention=attention)
         if compile is None:
             compile = cuda and _triton_available()
         if compile:

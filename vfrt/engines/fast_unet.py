@@ -21,12 +21,19 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vfrt.engines.conv_gemm import conv2d_as_gemm
+from vfrt.engines.geglu_triton import geglu_available, geglu_projection
 from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
                               timestep_embedding)
 
 log = logging.getLogger(__name__)
+
+ATTENTION_BACKENDS = ("auto", "flash")
+# "flash": every SDPA backend but cuDNN's, whose plan for each new (rows, heads, tokens, dim) shape takes
+# ~65 ms to build on the H100 (3 new shapes per new K: ~0.2 s per first step, docs/PERF.md run 6).
+_NO_CUDNN_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class FastUNet:
@@ -41,12 +48,25 @@ class FastUNet:
         gemm_conv_max_pixels: convolutions whose output has at most this many pixels per image
             (h' x w') run as one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`) instead of
             cuDNN; 0 (default) disables it. Needs ``channels_last`` (the weights are used as views).
+        fused_geglu: run each feed-forward's GEGLU projection as one fused Triton GEMM
+            (:mod:`vfrt.engines.geglu_triton`). Default None: on for CUDA when Triton is importable.
+        attention: self-attention backend. "auto": PyTorch's choice (cuDNN on the H100: the fastest
+            steps, but ~0.2 s to plan each new K's shapes); "flash": never cuDNN (no per-shape
+            planning; ~4 % slower orbits once warm) - for processes that run one orbit.
     """
 
     def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False, copy_weights: bool = True,
-                 gemm_conv_max_pixels: int = 0):
+                 gemm_conv_max_pixels: int = 0, fused_geglu: bool | None = None, attention: str = "auto"):
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
+        self.attention = attention
         if gemm_conv_max_pixels and not channels_last:
             raise ValueError("gemm_conv_max_pixels needs channels_last=True")
+        if fused_geglu is None:
+            fused_geglu = torch.device(device).type == "cuda" and geglu_available(device)
+        elif fused_geglu and not geglu_available(device):
+            raise ValueError("fused_geglu needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
+        self.fused_geglu = bool(fused_geglu)
         self.gemm_conv_max_pixels = int(gemm_conv_max_pixels)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -236,16 +256,28 @@ class FastUNet:
             else:
                 tokens = tokens + self._self_attention(blk, blk.norm1(tokens))
             tokens = tokens + consts[idx]
-            tokens = tokens + blk.ff(blk.norm3(tokens))
+            tokens = tokens + self._feed_forward(blk.ff, blk.norm3(tokens))
         h = tokens.reshape(b, hh, ww, inner).permute(0, 3, 1, 2)
         if self.memory_format is torch.contiguous_format:
             h = h.contiguous()
         return self._conv(st.proj_out, h) + x_in
 
+    def _feed_forward(self, ff, x):
+        """``ff(x)`` (dropout is the identity at inference), with the GEGLU fused when enabled."""
+        if not self.fused_geglu:
+            return ff(x)
+        proj = ff.net[0].proj
+        return ff.net[2](geglu_projection(x, proj.weight, proj.bias))
+
     def _self_attention(self, blk: BasicTransformerBlock, x):
         a = blk.attn1
         b, n, _ = x.shape
         qkv = F.linear(x, self._qkv[id(blk)]).view(b, n, 3, a.heads, a.dim_head).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])            # (b, heads, n, d)
+        if self.attention == "flash":
+            with sdpa_kernel(_NO_CUDNN_SDPA):
+                out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])    # (b, heads, n, d)
+        else:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+
         out = out.transpose(1, 2).reshape(b, n, a.heads * a.dim_head)
         return a.to_out(out)

@@ -61,7 +61,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
                   orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
                   reference: bool = True, device: str = "cuda", compile: bool | None = None,
-                  gemm_conv_max_pixels: int = 0, k_buckets: tuple[int, ...] | None = None) -> dict:
+                  gemm_conv_max_pixels: int = 0, k_buckets: tuple[int, ...] | None = None,
+                  fused_geglu: bool | None = None) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
     from vfrt.engines.reference import ReferenceEngine
@@ -81,8 +82,9 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
     torch.cuda.reset_peak_memory_stats(dev)
     torch.cuda.empty_cache()
     fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile,
-                      gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=k_buckets)
+                      gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=k_buckets, fused_geglu=fused_geglu)
     res["k_buckets"] = fast.k_buckets
+    res["fused_geglu"] = fast.unet.fused_geglu
     res["gemm_conv_max_pixels"] = fast.unet.gemm_conv_max_pixels
     res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
     fast_ms, fast_eager_ms = {}, {}

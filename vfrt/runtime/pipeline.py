@@ -204,17 +204,25 @@ class Pipeline:
                 cache.put(slot, self.engine.encode_view(pixels[slot]))
             return cache.get(slot)
 
+        def draw(v: int):
+            return source.view(v, draws[v], schedule.num_steps, latent_shape) if v < len(plans) else None
+
         images = []
+        upcoming = draw(0)
         for v, plan in enumerate(plans):
-            x_T, step_noise = source.view(v, draws[v], schedule.num_steps, latent_shape)
+            x_T, step_noise = upcoming
             if v < len(resume):           # finished earlier: keep its image, still consume its draws
+                upcoming = draw(v + 1)
                 img = torch.as_tensor(np.asarray(resume[v], dtype=np.float32))[None]
             else:
                 refs = [reference(int(s)) for s in plan.references]
                 den = self.engine.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights),
                                        schedule, guidance)
-                z = den.run(x_T, step_noise)
-                img = self.engine.decode(z).float().cpu()
+                decoded = self.engine.decode(den.run(x_T, step_noise))
+                # The GPU work of this view is queued: draw the next view's noise (same order of draws)
+                # on the host meanwhile, instead of after waiting for the image.
+                upcoming = draw(v + 1)
+                img = decoded.float().cpu()
                 if not torch.isfinite(img).all():
                     raise NonFiniteOutputError(
                         f"view {v} ({math.degrees(plan.pose[1]):+.0f} deg azimuth) came out with NaN/inf values"
