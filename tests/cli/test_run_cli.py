@@ -160,10 +160,11 @@ def test_several_images_share_one_model_and_a_bad_one_does_not_stop_the_rest(tin
 
 @pytest.mark.parametrize("n_images,extra,expected,attention", [
     (1, [], False, "flash"),                        # one orbit: compiling would cost more than it saves
-    (3, [], True, "auto"),                          # 3 x 35 views: it pays off
+    (3, [], True, "flash"),                         # 3 x 35 views: compiling pays off, cuDNN attention not yet
+    (6, [], True, "auto"),                          # 6 x 35 views: both pay off
     (3, ["--generate", "4"], False, "flash"),       # 12 views
     (1, ["--compile"], True, "flash"),              # the user's choice wins either way
-    (3, ["--no-compile"], False, "auto"),
+    (6, ["--no-compile"], False, "auto"),
 ])
 def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_path, monkeypatch, n_images, extra,
                                                  expected, attention):

@@ -56,25 +56,3 @@ def test_fast_engine_with_gemm_convs_matches_reference(tiny_model, image, max_pi
 def test_gemm_convs_need_channels_last(tiny_model):
     with pytest.raises(ValueError, match="channels_last"):
         Pipeline(tiny_model, device="cpu", backend="fast", channels_last=False, gemm_conv_max_pixels=64)
-
-
-def test_compile_is_off_by_default_on_the_cpu(tiny_model):
-    assert not Pipeline(tiny_model, device="cpu", backend="fast").engine.unet.compiled
-
-
-def test_a_failing_compile_falls_back_to_the_same_uncompiled_result(tiny_model, image, monkeypatch, caplog):
-    """If torch.compile breaks (no compiler, unsupported op), the engine warns once and runs eager."""
-    def broken_compile(fn, **kw):
-        def call(*a, **k):
-            raise RuntimeError("simulated compiler failure")
-        return call
-    ref = Pipeline(tiny_model, device="cpu", backend="fast").orbit(image, views=36, generate=2, steps=6, seed=2,
-                                                                   preprocess=False)
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    pipe = Pipeline(tiny_model, device="cpu", backend="fast", compile=True)
-    assert pipe.engine.unet.compiled
-    with caplog.at_level("WARNING", logger="vfrt"):
-        out = pipe.orbit(image, views=36, generate=2, steps=6, noise=ref.noise, preprocess=False)
-    assert not pipe.engine.unet.compiled
-    assert "simulated compiler failure" in caplog.text and caplog.text.count("torch.compile") == 1
-    np.testing.assert_array_equal(out.images, ref.images)

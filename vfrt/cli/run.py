@@ -5,11 +5,13 @@ from pathlib import Path
 
 import click
 
-# --compile's automatic choice: with a warm Inductor cache compiling pays off after ~3 orbits in one
-# process (docs/PERF.md, "Compiling by default?"), so it is on for runs that generate this many views.
-# Shorter runs also use flash attention instead of cuDNN's (no per-shape planning: ~4 s less for a
-# first orbit, ~0.8 s more for each later one; docs/PERF.md run 6).
+# --compile's automatic choice: on the H100 compiling pays off after ~2 orbits in one process with a
+# warm Inductor cache and ~3-4 with an empty one (docs/PERF.md, "Cold start"), so it is on for runs
+# that generate this many views.
 COMPILE_MIN_VIEWS = 100
+# Attention: cuDNN's kernels make each step faster (~0.8 s per orbit) but plan every new shape
+# (~4.4 s over a first orbit's new K values); flash attention wins until ~5 orbits (docs/PERF.md run 6).
+CUDNN_ATTENTION_MIN_VIEWS = 180
 
 
 def _parse_extra(values) -> tuple:
@@ -64,7 +66,7 @@ def _parse_extra(values) -> tuple:
 @click.option("--noise-mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="Fast backend: K replayable draws per step, or one equivalent draw.")
 @click.option("--compile/--no-compile", "compile_unet", default=None,
-              help="Fast backend: torch.compile the UNet: 1.7x faster steps, but 25-75 s to compile and slower "
+              help="Fast backend: torch.compile the UNet: 1.7x faster steps, but 35-75 s to compile and slower "
                    f"first captures [default: on when the run generates >= {COMPILE_MIN_VIEWS} views, e.g. 3 orbits, "
                    "where it pays off - docs/PERF.md].")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
@@ -104,11 +106,11 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
         import torch
         backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
     per_image = (cfg.generate or cfg.views - 1) if run_mode != "single" else 1
-    long_run = len(images) * per_image >= COMPILE_MIN_VIEWS
+    n_views = len(images) * per_image
     if compile_unet is None:
-        compile_unet = long_run
+        compile_unet = n_views >= COMPILE_MIN_VIEWS
     # A short run meets most of its K values once: skip cuDNN attention's per-shape planning there.
-    attention = "auto" if long_run else "flash"
+    attention = "auto" if n_views >= CUDNN_ATTENTION_MIN_VIEWS else "flash"
     engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet, "attention": attention}
                      | ({"dtype": dtype} if dtype else {}) if backend == "fast" else None)
     pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)

@@ -62,7 +62,7 @@ class FastEngine:
         fast_noise_seed: seed of the device generator used by ``noise_mode="fast"``.
         compile: compile the UNet forward with TorchInductor (inside the CUDA graphs). Default:
             on for CUDA when Triton is importable (1.7x faster steps, docs/PERF.md). The first step
-            compiles: 75-100 s with an empty Inductor cache, 20-30 s when an earlier process filled
+            compiles: 55-100 s with an empty Inductor cache, 20-35 s when an earlier process filled
             it (on disk). If compiling fails, the engine warns once and runs the uncompiled forward
             (same results).
         gemm_conv_max_pixels: convolutions with at most this many output pixels per image run as
@@ -253,6 +253,7 @@ class _StepGraph:
             # tables are part of the captured graph: a new schedule needs a new capture
             self.emb_table, self.coef, self.graph = den.emb_table, den.coef, None
 
+    @torch.no_grad()
     def body(self) -> None:
         """One step on the static buffers (what the CUDA graph captures)."""
         u = self.engine.unet
@@ -270,6 +271,7 @@ class _StepGraph:
         self.x.copy_(x_next)
         self.step_idx.add_(1)
 
+    @torch.no_grad()
     def capture(self) -> None:
         saved = (self.x.clone(), self.step_idx.clone())
         s = torch.cuda.Stream(device=self.engine.device)
@@ -284,6 +286,7 @@ class _StepGraph:
         self.x.copy_(saved[0])
         self.step_idx.copy_(saved[1])
 
+    @torch.no_grad()
     def run(self) -> torch.Tensor:
         if self.engine.use_graphs:
             if self.graph is None:

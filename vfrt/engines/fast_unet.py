@@ -106,16 +106,19 @@ class FastUNet:
         self._forward_impl = self._forward_eager
         self.compiled = False
 
-    def compile(self, mode: str | None = "default", options: dict | None = None) -> None:
+    def compile(self, mode: str | None = "default", options: dict | None = None, backend="inductor") -> None:
         """Compile the forward with TorchInductor (fused norms/activations), dynamic in the row count.
 
         The compiled function is still captured in the engine's CUDA graphs; compilation happens
-        at the first call (75-100 s at full size; cached on disk by Inductor for later processes).
+        at the first call (55-100 s at full size; cached on disk by Inductor for later processes).
+        ``backend`` is torch.compile's (another one only for debugging and tests).
         """
         if options:  # Inductor config overrides (torch.compile takes a mode or options, not both)
-            self._forward_impl = torch.compile(self._forward_eager, options=dict(options), dynamic=None)
+            self._forward_impl = torch.compile(self._forward_eager, options=dict(options), dynamic=None,
+                                               backend=backend)
         else:
-            self._forward_impl = torch.compile(self._forward_eager, mode=mode, dynamic=None, fullgraph=False)
+            self._forward_impl = torch.compile(self._forward_eager, mode=mode, dynamic=None, fullgraph=False,
+                                               backend=backend)
         self.compiled = True
         self._compile_verified = False
 
@@ -156,6 +159,7 @@ class FastUNet:
         return out
 
     # ------------------------------------------------------------------ forward
+    @torch.no_grad()
     def forward(self, x: torch.Tensor, h0_cond: torch.Tensor, emb_row: torch.Tensor,
                 consts: list[torch.Tensor]) -> torch.Tensor:
         """eps for every row.
@@ -167,6 +171,10 @@ class FastUNet:
             emb_row: (1, sum C) this step's row of :meth:`emb_table`.
             consts: per-row attention constants from :meth:`context_constants` (R, 1, C).
         Returns: (R, 4, h, w) in ``self.dtype``.
+
+        Always runs without autograd, whatever the caller's grad mode: the compiled forward guards
+        on that mode, and a caller with grad enabled used to cost a second compile (20-30 s, the
+        "unexplained" part of run 5's first orbit - docs/PERF.md run 6).
         """
         if self.compiled:
             torch._dynamo.mark_dynamic(h0_cond, 0)
