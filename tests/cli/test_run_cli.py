@@ -1,5 +1,6 @@
 """`vfrt run` from the shell's point of view: outputs, resume, and clear errors (never tracebacks)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -96,6 +97,25 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model, photo, tmp_path)
                               np.asarray(Image.open(out / "views" / f"{i:03d}.png")))
     with pytest.raises(RunError, match="already exists"):
         run_to_folder(pipe, photo, cfg, out)
+
+
+def test_out_of_memory_keeps_the_finished_views_and_says_what_to_lower(tiny_checkpoint, photo, tmp_path, monkeypatch):
+    import torch
+
+    from vfrt.engines.reference import ReferenceEngine
+    bind = ReferenceEngine.bind
+
+    def bind_until_view_2(self, refs, *a, **kw):
+        if len(refs) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return bind(self, refs, *a, **kw)
+    monkeypatch.setattr(ReferenceEngine, "bind", bind_until_view_2)
+    out = tmp_path / "oom"
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "6", "--backend", "reference"))
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert re.search(r"ran out of memory at view \d \(K = 3 references\): try --backend fast, fewer --views",
+                     res.output)
+    assert not out.exists() and (tmp_path / "oom.partial" / "generated" / "v01.npy").is_file()
 
 
 @pytest.mark.parametrize("extra, message", [

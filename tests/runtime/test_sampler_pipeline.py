@@ -250,6 +250,27 @@ def test_non_finite_views_stop_the_run_with_a_clear_error(tiny_model, image):
     assert seen == []  # nothing was handed out as a finished view
 
 
+@pytest.mark.parametrize("backend,hint", [("reference", "backend='fast'"), ("fast", "dtype='float16'")])
+def test_out_of_memory_says_where_and_what_to_lower(tiny_model, image, monkeypatch, backend, hint):
+    """A CUDA out-of-memory error (simulated at view 2) names the view and K and what to lower; it is still a
+    torch.OutOfMemoryError, and the finished views were handed out."""
+    from vfrt.runtime.pipeline import GPUOutOfMemoryError
+    pipe = Pipeline(tiny_model, device="cpu", backend=backend)
+    bind = pipe.engine.bind
+
+    def bind_until_view_2(refs, *a, **kw):
+        if len(refs) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return bind(refs, *a, **kw)
+    monkeypatch.setattr(pipe.engine, "bind", bind_until_view_2)
+    seen = []
+    with pytest.raises(GPUOutOfMemoryError, match=r"view 2 \(K = 3 references") as info:
+        pipe.orbit(image, generate=4, steps=4, preprocess=False, on_view=lambda v, im, p: seen.append(v))
+    assert isinstance(info.value, torch.OutOfMemoryError)
+    assert hint in str(info.value) and "Tried to allocate 2.00 GiB" in str(info.value)
+    assert seen == [0, 1]
+
+
 def test_engine_converting_an_owned_model_in_place_gives_the_same_result(tiny_checkpoint, image, ref_orbit):
     """Pipeline.from_checkpoint lets the fast engine convert the model it owns instead of copying it."""
     pipe = Pipeline.from_checkpoint(tiny_checkpoint.ckpt, config=tiny_checkpoint.yaml, device="cpu", backend="fast")

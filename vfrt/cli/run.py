@@ -142,7 +142,7 @@ def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vfrt.runtime.noise import NoiseBankError
-    from vfrt.runtime.pipeline import NonFiniteOutputError
+    from vfrt.runtime.pipeline import GPUOutOfMemoryError, NonFiniteOutputError
     from vfrt.runtime.preprocess import ImageInputError
     from vfrt.runtime.run import RunError, run_to_folder
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
@@ -157,6 +157,13 @@ def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bo
                                        "command again to resume") from None
         except NonFiniteOutputError as exc:
             raise click.ClickException(f"{exc}; finished views are kept in {out_dir}.partial") from exc
+        except GPUOutOfMemoryError as exc:
+            raise click.ClickException(
+                f"the GPU ran out of memory at view {exc.view} (K = {exc.K} references): try "
+                + ("--backend fast, " if exc.backend == "reference" else
+                   "--dtype float16, " if str(exc.dtype) == "torch.float32" else "")
+                + f"fewer --views, or --device cpu; finished views are kept in {out_dir}.partial - run the "
+                "same command again to resume") from exc
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
                 raise click.ClickException("the GPU ran out of memory: try --backend fast --dtype float16, fewer "

@@ -8,8 +8,13 @@ It walks the modules of :class:`vfrt.models.unet.UNet` (no weights are changed) 
   the same for all rows and depend on t only -> one precomputed (S, sum C) table per schedule;
 * **one context token**: cross-attention's softmax over one key is exactly 1, so ``attn2`` is
   ``to_out(to_v(context))`` -> a per-view constant (rows, 1, C) per transformer block;
-* fused q/k/v projection + ``F.scaled_dot_product_attention`` (flash / memory-efficient) for
-  self-attention, in fp16 or bf16, optionally channels-last.
+* fused q/k/v projection + ``F.scaled_dot_product_attention`` for self-attention (PyTorch's
+  backend choice, or never cuDNN with ``attention="flash"``), in fp16 or bf16, optionally
+  channels-last;
+* on CUDA, each feed-forward's GEGLU projection as one fused Triton GEMM
+  (:mod:`vfrt.engines.geglu_triton`).
+
+The forward always runs without autograd, so a compiled forward is compiled once per process.
 
 Row layout of a batch: row 0 = the unconditional branch (zero latent, zero context) when
 guidance is used, then one row per reference.

@@ -33,6 +33,24 @@ class NonFiniteOutputError(RuntimeError):
     """A generated view contains NaN or inf (bad weights, or fp16 overflow)."""
 
 
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)   # torch < 2.5: only the latter
+
+
+class GPUOutOfMemoryError(_TORCH_OOM):
+    """The GPU ran out of memory while generating view ``view`` with ``K`` references.
+
+    A ``torch.OutOfMemoryError`` (callers catching that still catch this), with advice on what to lower.
+    """
+
+    def __init__(self, view: int, K: int, backend: str, dtype: torch.dtype | None, detail: str):
+        self.view, self.K, self.backend, self.dtype = view, K, backend, dtype
+        advice = ("backend='fast' (fp16, ~4 GB at K = 25), " if backend == "reference" else
+                  "dtype='float16', " if dtype == torch.float32 else "")
+        super().__init__(f"the GPU ran out of memory at view {view} (K = {K} references, {backend} backend): "
+                         f"try {advice}fewer views (K grows with the orbit, up to 25 for 36 views), or "
+                         f"device='cpu'. CUDA said: {detail.splitlines()[0][:200] if detail else '-'}")
+
+
 #: called after each generated view: (view index, image (3, H, W) float32 numpy, plan)
 ViewCallback = Callable[[int, np.ndarray, ViewPlan], None]
 
@@ -215,14 +233,20 @@ class Pipeline:
                 upcoming = draw(v + 1)
                 img = torch.as_tensor(np.asarray(resume[v], dtype=np.float32))[None]
             else:
-                refs = [reference(int(s)) for s in plan.references]
-                den = self.engine.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights),
-                                       schedule, guidance)
-                decoded = self.engine.decode(den.run(x_T, step_noise))
-                # The GPU work of this view is queued: draw the next view's noise (same order of draws)
-                # on the host meanwhile, instead of after waiting for the image.
-                upcoming = draw(v + 1)
-                img = decoded.float().cpu()
+                try:
+                    refs = [reference(int(s)) for s in plan.references]
+                    den = self.engine.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights),
+                                           schedule, guidance)
+                    decoded = self.engine.decode(den.run(x_T, step_noise))
+                    # The GPU work of this view is queued: draw the next view's noise (same order of
+                    # draws) on the host meanwhile, instead of after waiting for the image.
+                    upcoming = draw(v + 1)
+                    img = decoded.float().cpu()
+                except GPUOutOfMemoryError:
+                    raise
+                except _TORCH_OOM as exc:
+                    raise GPUOutOfMemoryError(v, plan.K, self.backend, getattr(self.engine, "dtype", None),
+                                              str(exc)) from exc
                 if not torch.isfinite(img).all():
                     raise NonFiniteOutputError(
                         f"view {v} ({math.degrees(plan.pose[1]):+.0f} deg azimuth) came out with NaN/inf values"
