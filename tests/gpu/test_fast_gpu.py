@@ -83,6 +83,21 @@ def test_compiled_forward_matches_eager(tiny_model, image):
     assert np.abs(a.images - b.images).max() <= 2e-2  # fp16, different fusion order
 
 
+def test_fused_geglu_and_flash_attention_agree_with_the_plain_engine(tiny_model, image):
+    """The run-6 options (fused GEGLU kernel, attention without cuDNN) change rounding only."""
+    a = _pipe(tiny_model, dtype="float16", fused_geglu=False, attention="auto").orbit(
+        image, views=36, generate=3, steps=10, seed=1, preprocess=False)
+    pipe = _pipe(tiny_model, dtype="float16", fused_geglu=True, attention="flash")
+    assert pipe.engine.unet.fused_geglu and pipe.engine.unet.attention == "flash"
+    b = pipe.orbit(image, views=36, generate=3, steps=10, noise=a.noise, preprocess=False)
+    assert np.abs(a.images - b.images).max() <= 2e-2  # fp16, different rounding order
+
+
+def test_fused_geglu_is_on_by_default_for_fp16_only(tiny_model):
+    assert _pipe(tiny_model, dtype="float16").engine.unet.fused_geglu
+    assert not _pipe(tiny_model, dtype="float32", vae_dtype="float32").engine.unet.fused_geglu
+
+
 def test_view_cache_spills_to_pinned_host_and_returns():
     from vfrt.engines.base import ViewEncoding
     from vfrt.runtime.cache import ViewCache

@@ -69,7 +69,7 @@ class FastEngine:
             one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`); default 0 (off: inside the
             compiled step it measured slower than cuDNN, docs/PERF.md).
         fused_geglu: one fused Triton GEMM per feed-forward GEGLU projection (default None: on for
-            CUDA when Triton is importable; docs/PERF.md run 6).
+            fp16/bf16 on CUDA when Triton is importable; docs/PERF.md run 6).
         attention: "auto" (PyTorch's SDPA choice: cuDNN on the H100) or "flash" (never cuDNN: no
             ~0.2 s of plan building at each new K's first step, slightly slower steps); see FastUNet.
         compile_options: Inductor config overrides for ``compile`` (e.g. ``{"conv_1x1_as_mm": True}``).

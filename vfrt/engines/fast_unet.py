@@ -54,7 +54,8 @@ class FastUNet:
             (h' x w') run as one GEMM over gathered taps (:mod:`vfrt.engines.conv_gemm`) instead of
             cuDNN; 0 (default) disables it. Needs ``channels_last`` (the weights are used as views).
         fused_geglu: run each feed-forward's GEGLU projection as one fused Triton GEMM
-            (:mod:`vfrt.engines.geglu_triton`). Default None: on for CUDA when Triton is importable.
+            (:mod:`vfrt.engines.geglu_triton`). Default None: on for fp16/bf16 on CUDA when Triton is
+            importable.
         attention: self-attention backend. "auto": PyTorch's choice (cuDNN on the H100: the fastest
             steps, but ~0.2 s to plan each new K's shapes); "flash": never cuDNN (no per-shape
             planning; ~4 % slower orbits once warm) - for processes that run one orbit.
@@ -67,8 +68,9 @@ class FastUNet:
         self.attention = attention
         if gemm_conv_max_pixels and not channels_last:
             raise ValueError("gemm_conv_max_pixels needs channels_last=True")
-        if fused_geglu is None:
-            fused_geglu = torch.device(device).type == "cuda" and geglu_available(device)
+        if fused_geglu is None:   # fp32 is the accuracy mode: it keeps cuBLAS's GEMM there
+            fused_geglu = (torch.device(device).type == "cuda" and geglu_available(device)
+                           and dtype in (torch.float16, torch.bfloat16))
         elif fused_geglu and not geglu_available(device):
             raise ValueError("fused_geglu needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
         self.fused_geglu = bool(fused_geglu)

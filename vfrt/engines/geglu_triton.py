@@ -8,7 +8,8 @@ weight rows ``n`` and ``N + n``) and writes only ``y``: at K = 25 the level-0 bl
 
 Numerics: fp32 accumulation, bias, exact erf-GELU and the product in fp32, one rounding to the
 output dtype (the unfused path rounds the GEMM output and the GELU to fp16 first), so the two agree
-to fp16 rounding.
+to fp16 rounding. fp32 inputs follow ``torch.backends.cuda.matmul.allow_tf32`` (off by default:
+full fp32 products, as cuBLAS).
 
 The kernel runs on CUDA, or on the CPU through Triton's interpreter (``TRITON_INTERPRET=1`` set
 before Triton is imported), which the CPU tests use. ``geglu_projection`` is registered as the
@@ -41,11 +42,12 @@ if triton is not None:
     @triton.jit
     def _geglu_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                      EVEN_K: tl.constexpr):
+                      EVEN_K: tl.constexpr, IEEE_FP32: tl.constexpr):
         """y[m, n] = (x W[n]^T + b[n]) * gelu(x W[N + n]^T + b[N + n]) for one (BM, BN) tile.
 
         x: (M, K) row stride stride_xm; W: (2N, K) row stride stride_wn (nn.Linear layout);
-        b: (2N,); y: (M, N) row stride stride_ym.
+        b: (2N,); y: (M, N) row stride stride_ym. IEEE_FP32: full-precision fp32 products (else
+        Triton's default, TF32, for fp32 inputs; fp16/bf16 inputs are unaffected).
         """
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BM)
@@ -75,8 +77,12 @@ if triton is not None:
                 a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
                 wa = tl.load(wa_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
                 wg = tl.load(wg_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc_a = tl.dot(a, wa, acc_a)
-            acc_g = tl.dot(a, wg, acc_g)
+            if IEEE_FP32:
+                acc_a = tl.dot(a, wa, acc_a, input_precision="ieee")
+                acc_g = tl.dot(a, wg, acc_g, input_precision="ieee")
+            else:
+                acc_a = tl.dot(a, wa, acc_a)
+                acc_g = tl.dot(a, wg, acc_g)
             x_ptrs += BK
             wa_ptrs += BK
             wg_ptrs += BK
@@ -131,7 +137,8 @@ def _geglu_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
         bm, bn, bk, warps, stages = _config_for(M, K)
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _geglu_kernel[grid](x2, w, b, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk,
-                        GROUP_M=8, EVEN_K=K % bk == 0, num_warps=warps, num_stages=stages)
+                        GROUP_M=8, EVEN_K=K % bk == 0, num_warps=warps, num_stages=stages,
+                        IEEE_FP32=x2.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
     return y.reshape(*x.shape[:-1], N)
 
 
