@@ -160,8 +160,7 @@ def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bo
         except GPUOutOfMemoryError as exc:
             raise click.ClickException(
                 f"the GPU ran out of memory at view {exc.view} (K = {exc.K} references): try "
-                + ("--backend fast, " if exc.backend == "reference" else
-                   "--dtype float16, " if str(exc.dtype) == "torch.float32" else "")
+                + ("--backend fast, " if exc.try_fast_backend else "--dtype float16, " if exc.try_float16 else "")
                 + f"fewer --views, or --device cpu; finished views are kept in {out_dir}.partial - run the "
                 "same command again to resume") from exc
         except RuntimeError as exc:

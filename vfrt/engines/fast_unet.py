@@ -293,6 +293,5 @@ class FastUNet:
                 out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])    # (b, heads, n, d)
         else:
             out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-
         out = out.transpose(1, 2).reshape(b, n, a.heads * a.dim_head)
         return a.to_out(out)

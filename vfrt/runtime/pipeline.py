@@ -44,8 +44,11 @@ class GPUOutOfMemoryError(_TORCH_OOM):
 
     def __init__(self, view: int, K: int, backend: str, dtype: torch.dtype | None, detail: str):
         self.view, self.K, self.backend, self.dtype = view, K, backend, dtype
-        advice = ("backend='fast' (fp16, ~4 GB at K = 25), " if backend == "reference" else
-                  "dtype='float16', " if dtype == torch.float32 else "")
+        #: what to lower first, besides fewer views or the CPU: the fp16 fast backend, or fp16 on it
+        self.try_fast_backend = backend == "reference"
+        self.try_float16 = not self.try_fast_backend and dtype == torch.float32
+        advice = ("backend='fast' (fp16, ~4 GB at K = 25), " if self.try_fast_backend else
+                  "dtype='float16', " if self.try_float16 else "")
         super().__init__(f"the GPU ran out of memory at view {view} (K = {K} references, {backend} backend): "
                          f"try {advice}fewer views (K grows with the orbit, up to 25 for 36 views), or "
                          f"device='cpu'. CUDA said: {detail.splitlines()[0][:200] if detail else '-'}")
