@@ -117,27 +117,8 @@ def graph_time_us(fn, inner: int = 20, repeats: int = 20) -> float:
 
 def conv_bench(model, out: dict, rows_list=(2, 13, 26)) -> None:
     """Every distinct UNet convolution: cuDNN (channels-last fp16) vs one GEMM over gathered taps."""
-    from collections import Counter
-
     from vfrt.engines.conv_gemm import conv2d_as_gemm
-    from vfrt.engines.fast_unet import FastUNet
-    u = FastUNet(model.unet, "cuda", torch.float16, channels_last=True)
-    shapes = Counter()
-    orig = u._conv
-
-    def record(conv, x):
-        shapes[(x.shape[1], conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0],
-                x.shape[2], x.shape[3])] += 1
-        return orig(conv, x)
-    u._conv = record
-    with torch.no_grad():
-        emb = u.emb_table([500])
-        ctx = torch.randn((2, 1, u.blocks[0].attn2.to_v.in_features), device="cuda")
-        u.forward(torch.randn((1, 4, 32, 32), device="cuda"),
-                  torch.randn((2, u.w_x.shape[0], 32, 32), device="cuda", dtype=torch.float16).contiguous(
-                      memory_format=torch.channels_last), emb[:1], u.context_constants(ctx))
-    del u
-    torch.cuda.empty_cache()
+    shapes = unet_conv_shapes(model)
     res = []
     for (ci, co, k, st, pad, h, w), count in sorted(shapes.items(), key=lambda kv: -kv[0][5]):
         wt = torch.randn((co, ci, k, k), device="cuda", dtype=torch.float16).contiguous(
@@ -169,6 +150,95 @@ def conv_bench(model, out: dict, rows_list=(2, 13, 26)) -> None:
                 best[key][1] += r["gemm_us"] * r["count"]
         print(f"rows {rows}: all convs cudnn {tc:.0f} us, gemm {tg:.0f} us; per output size (pixels: cudnn, gemm) "
               + ", ".join(f"{p}: {a:.0f}/{g:.0f}" for p, (a, g) in sorted(best.items())), flush=True)
+
+
+def unet_conv_shapes(model, max_hw_out: int = 10**9):
+    """{(C_in, C_out, k, stride, padding, H, W): count} of every convolution in one UNet forward."""
+    from collections import Counter
+
+    from vfrt.engines.fast_unet import FastUNet
+    u = FastUNet(model.unet, "cuda", torch.float16, channels_last=True, triton_conv=False)
+    shapes = Counter()
+    orig = u._conv
+
+    def record(conv, x):
+        k, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        if (x.shape[2] + 2 * pad - k) // st + 1 <= max_hw_out:
+            shapes[(x.shape[1], conv.out_channels, k, st, pad, x.shape[2], x.shape[3])] += 1
+        return orig(conv, x)
+    u._conv = record
+    with torch.no_grad():
+        emb = u.emb_table([500])
+        ctx = torch.randn((2, 1, u.blocks[0].attn2.to_v.in_features), device="cuda")
+        u.forward(torch.randn((1, 4, 32, 32), device="cuda"),
+                  torch.randn((2, u.w_x.shape[0], 32, 32), device="cuda", dtype=torch.float16).contiguous(
+                      memory_format=torch.channels_last), emb[:1], u.context_constants(ctx))
+    del u
+    torch.cuda.empty_cache()
+    return shapes
+
+
+def conv_triton_bench(model, out: dict, rows_list=(2, 4, 8, 13, 26), max_hw_out: int = 16) -> None:
+    """Small-output UNet convolutions: cuDNN vs the split-reduction Triton kernel over candidate configurations.
+
+    The data behind ``vfrt.engines.conv_triton._config_for``: per (shape, rows) the cuDNN time, every
+    configuration's time and the best one, with its max abs difference from cuDNN.
+    """
+    import triton
+
+    from vfrt.engines.conv_triton import conv2d_triton
+    shapes = unet_conv_shapes(model, max_hw_out)
+    res = []
+    for (ci, co, k, st, pad, h, w), count in sorted(shapes.items(), key=lambda kv: -kv[0][5]):
+        wt = (torch.randn((co, ci, k, k), device="cuda", dtype=torch.float16) * (ci * k * k) ** -0.5).contiguous(
+            memory_format=torch.channels_last)
+        b = torch.randn((co,), device="cuda", dtype=torch.float16)
+        ho = (h + 2 * pad - k) // st + 1
+        for rows in rows_list:
+            if ho > 8 and rows > 4:   # 16x16 outputs: only the smallest row counts can be latency-bound
+                continue
+            x = torch.randn((rows, ci, h, w), device="cuda", dtype=torch.float16).contiguous(
+                memory_format=torch.channels_last)
+            M, N, R = rows * ho * ho, co, k * k * ci
+            with torch.no_grad():
+                ref = F.conv2d(x, wt, b, st, pad)
+                t_cudnn = graph_time_us(lambda: F.conv2d(x, wt, b, st, pad), inner=10, repeats=10)
+            entry = {"cin": ci, "cout": co, "k": k, "stride": st, "hw_in": h, "hw_out": ho, "count": count,
+                     "rows": rows, "M": M, "N": N, "R": R, "cudnn_us": t_cudnn, "configs": []}
+            for bm in (16, 32, 64, 128):
+                if bm > 2 * max(M, 16):
+                    continue
+                for bn in (32, 64, 128):
+                    for bk in (64, 128):
+                        if ci % bk:
+                            continue
+                        chunks = R // bk
+                        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+                        for split in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+                            if split > 1 and (split > chunks // 2 or tiles * split > 1100 or tiles >= 264):
+                                continue
+                            if split > 1 and tiles * split < 24:
+                                continue
+                            cfg = (bm, bn, bk, split, 8 if bm * bn >= 8192 else 4, 3 if bk == 128 else 4)
+                            try:
+                                t = graph_time_us(lambda: conv2d_triton(x, wt, b, st, pad, config=cfg), inner=10,
+                                                  repeats=10)
+                            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                                print(f"config {cfg} failed: {str(exc)[:120]}", flush=True)
+                                continue
+                            entry["configs"].append([list(cfg), t])
+            best_cfg, best_t = min(entry["configs"], key=lambda c: c[1])
+            with torch.no_grad():
+                err = (conv2d_triton(x, wt, b, st, pad, config=tuple(best_cfg)).float() - ref.float()).abs().max()
+            entry.update(best=best_cfg, best_us=best_t, max_abs_vs_cudnn=float(err))
+            res.append(entry)
+            print(f"tconv {ci}->{co} k{k} s{st} {h}->{ho} x{count} rows {rows:2d} (M {M}): cudnn {t_cudnn:6.1f} us, "
+                  f"triton best {best_t:6.1f} us {best_cfg}  err {float(err):.1e}", flush=True)
+    out["conv_triton"] = res
+    for rows in sorted({r["rows"] for r in res}):
+        tc = sum(r["cudnn_us"] * r["count"] for r in res if r["rows"] == rows)
+        tb = sum(min(r["cudnn_us"], r["best_us"]) * r["count"] for r in res if r["rows"] == rows)
+        print(f"rows {rows}: these convs cudnn {tc:.0f} us/step, best of both {tb:.0f} us/step", flush=True)
 
 
 def geglu_bench(out: dict, rows_list=(2, 13, 26)) -> None:
@@ -232,11 +302,13 @@ def main():
     ap.add_argument("--variants", default="eager,eager+gemm64,compile,compile+gemm64",
                     help="comma-separated; each a '+'-joined set of: eager|compile, gemmN (GEMM convs up to N "
                          "output pixels), cudnnbench (torch.backends.cudnn.benchmark), Inductor options c1x1mm "
-                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning), nogeglu (unfused GEGLU)")
+                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning), nogeglu (unfused GEGLU), notconv (cuDNN for every conv)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--attention", action="store_true")
     ap.add_argument("--convs", action="store_true")
     ap.add_argument("--geglu", action="store_true", help="time the fused GEGLU kernel against Inductor's")
+    ap.add_argument("--conv-triton", action="store_true",
+                    help="time the split-reduction Triton convolution's configurations against cuDNN (<= 16x16 outputs)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default="prof")
     args = ap.parse_args()
@@ -257,6 +329,10 @@ def main():
             json.dump(out, f, indent=1)
     torch.manual_seed(0)
     model = Zero123.from_config(None).eval()
+    if args.conv_triton:
+        conv_triton_bench(model, out)
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(out, f, indent=1)
     if args.convs:
         conv_bench(model, out)
         with open(os.path.join(args.out, "profile.json"), "w") as f:
@@ -271,7 +347,7 @@ def main():
         inductor = {option: True for token, option in INDUCTOR_TOKENS.items() if token in opts}
         eng = FastEngine(model, device="cuda", compile="compile" in opts,
                          gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None,
-                         fused_geglu="nogeglu" not in opts)
+                         fused_geglu="nogeglu" not in opts, triton_conv="notconv" not in opts)
         v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
         gen = torch.Generator().manual_seed(0)
         for K in ks:

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vfrt.runtime.benchmark import psnr
 
@@ -109,3 +110,27 @@ def test_view_cache_spills_to_pinned_host_and_returns():
     assert c.host_entries == 2
     back = c.get(0)
     assert back.clip.is_cuda and torch.equal(back.clip, encs[0].clip)
+
+
+@pytest.mark.parametrize("c_in,c_out,hw,k,stride", [(1280, 1280, 4, 3, 1), (2560, 1280, 8, 3, 1), (1280, 1280, 8, 3, 2),
+                                                     (1280, 1280, 8, 1, 1), (640, 1280, 8, 3, 1)])
+def test_triton_conv_matches_cudnn_at_unet_shapes(c_in, c_out, hw, k, stride):
+    """The split-reduction kernel at the UNet's 8x8 / 4x4 shapes, fp16: within fp16 rounding of cuDNN."""
+    from vfrt.engines.conv_triton import conv2d_small, conv2d_triton
+    g = torch.Generator(device="cuda").manual_seed(c_in + hw)
+    w = (torch.randn((c_out, c_in, k, k), device="cuda", generator=g) / (c_in * k * k) ** 0.5).half().contiguous(
+        memory_format=torch.channels_last)
+    b = torch.randn((c_out,), device="cuda", generator=g).half()
+    for rows in (2, 13):
+        x = torch.randn((rows, c_in, hw, hw), device="cuda", generator=g).half().contiguous(
+            memory_format=torch.channels_last)
+        exact = F.conv2d(x.double(), w.double(), b.double(), stride, k // 2)
+        for out in (conv2d_triton(x, w, b, stride, k // 2), conv2d_small(x, w, b, stride, k // 2)):
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert (out.double() - exact).abs().max().item() <= 2 ** -9 * exact.abs().max().item()
+
+
+def test_triton_conv_is_on_by_default_for_the_uncompiled_fp16_step_only(tiny_model):
+    assert _pipe(tiny_model, dtype="float16").engine.unet.triton_conv
+    assert not _pipe(tiny_model, dtype="float32", vae_dtype="float32").engine.unet.triton_conv
+    assert not _pipe(tiny_model, compile=True, dtype="float16").engine.unet.triton_conv   # nothing compiles yet

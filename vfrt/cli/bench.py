@@ -16,6 +16,8 @@ import click
               help="torch.compile the UNet inside the CUDA graphs [default: the engine's default, on with Triton].")
 @click.option("--fused-geglu/--no-fused-geglu", default=None,
               help="One fused Triton GEMM per GEGLU projection [default: on with Triton].")
+@click.option("--triton-conv/--no-triton-conv", default=None,
+              help="Split-reduction Triton kernel for the 8x8 / 4x4 convolutions where faster [default: on only when not compiling].")
 @click.option("--gemm-conv-max-pixels", type=int, default=0, show_default=True,
               help="Convs with at most this many output pixels per image run as one GEMM (0: off).")
 @click.option("--k-buckets", default=None,
@@ -24,7 +26,7 @@ import click
 @click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
 @click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")
 @click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, gemm_conv_max_pixels, k_buckets, no_channels_last, no_reference, no_orbit, out):
+def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, triton_conv, gemm_conv_max_pixels, k_buckets, no_channels_last, no_reference, no_orbit, out):
     """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; prints a table, writes JSON."""
     import logging
 
@@ -55,7 +57,7 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, gem
     res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, channels_last=not no_channels_last,
                         reference=not no_reference, fidelity=not no_reference, orbit=not no_orbit,
                         compile=compile_unet, gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=buckets,
-                        fused_geglu=fused_geglu)
+                        fused_geglu=fused_geglu, triton_conv=triton_conv)
     prog = "vfrt" if sys.argv[0].endswith("vfrt") else f"python {sys.argv[0]}"
     res["command"] = " ".join([prog] + sys.argv[1:])
     save_json(res, out)

@@ -70,6 +70,9 @@ class FastEngine:
             compiled step it measured slower than cuDNN, docs/PERF.md).
         fused_geglu: one fused Triton GEMM per feed-forward GEGLU projection (default None: on for
             fp16/bf16 on CUDA when Triton is importable; docs/PERF.md run 6).
+        triton_conv: split-reduction Triton kernel for the 8x8 / 4x4 3x3 convolutions where it
+            measured faster than cuDNN (:mod:`vfrt.engines.conv_triton`; default None: on for
+            fp16/bf16 channels-last on CUDA when the UNet is not compiled; see FastUNet).
         attention: "auto" (PyTorch's SDPA choice: cuDNN on the H100) or "flash" (never cuDNN: no
             ~0.2 s of plan building at each new K's first step, slightly slower steps); see FastUNet.
         compile_options: Inductor config overrides for ``compile`` (e.g. ``{"conv_1x1_as_mm": True}``).
@@ -88,7 +91,7 @@ class FastEngine:
                  channels_last: bool | None = None, fast_noise_seed: int = 0, compile: bool | None = None,
                  vae_dtype=None, k_buckets: tuple[int, ...] | None = None, copy_weights: bool = True,
                  gemm_conv_max_pixels: int = 0, compile_options: dict | None = None,
-                 fused_geglu: bool | None = None, attention: str = "auto"):
+                 fused_geglu: bool | None = None, attention: str = "auto", triton_conv: bool | None = None):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = _dtype(dtype if dtype is not None else ("float16" if cuda else "float32"))
@@ -107,7 +110,7 @@ class FastEngine:
         channels_last = cuda if channels_last is None else bool(channels_last)
         self.unet = FastUNet(model.unet, self.device, self.dtype, channels_last=channels_last,
                              copy_weights=copy_weights, gemm_conv_max_pixels=gemm_conv_max_pixels,
-                             fused_geglu=fused_geglu, attention=attention)
+                             fused_geglu=fused_geglu, attention=attention, triton_conv=triton_conv)
         if compile is None:
             compile = cuda and _triton_available()
         if compile:

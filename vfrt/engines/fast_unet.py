@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vfrt.engines.conv_gemm import conv2d_as_gemm
+from vfrt.engines.conv_triton import conv2d_small, conv_triton_available, may_use_triton
+from vfrt.engines.conv_triton import supports as conv_triton_supports
 from vfrt.engines.geglu_triton import geglu_available, geglu_projection
 from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
                               timestep_embedding)
@@ -36,9 +38,22 @@ from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, Spati
 log = logging.getLogger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "flash")
+TRITON_CONV_MAX_PIXELS = 64   # output pixels per image up to which convs may take the Triton kernel (8x8)
 # "flash": every SDPA backend but cuDNN's, whose plan for each new (rows, heads, tokens, dim) shape takes
 # ~65 ms to build on the H100 (3 new shapes per new K: ~0.2 s per first step, docs/PERF.md run 6).
 _NO_CUDNN_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def default_triton_conv(device, dtype, channels_last: bool, compiled: bool) -> bool:
+    """The ``triton_conv`` default: fp16/bf16 channels-last on CUDA with Triton, uncompiled forward only.
+
+    Measured on the H100 (docs/PERF.md, run 7): uncompiled, the op only ever replaces a cuDNN call by a
+    faster kernel (K = 1: 4.92 -> 4.73 ms); compiled, the same op costs Inductor its handling of those
+    convolutions at large K (K = 25: +0.12 ms in both A/B orders) for -0.12 to -0.15 ms at K = 1, a net
+    loss over an orbit (most of its steps have K >= 8).
+    """
+    return (not compiled and torch.device(device).type == "cuda" and conv_triton_available(device) and channels_last
+            and dtype in (torch.float16, torch.bfloat16))
 
 
 class FastUNet:
@@ -56,13 +71,21 @@ class FastUNet:
         fused_geglu: run each feed-forward's GEGLU projection as one fused Triton GEMM
             (:mod:`vfrt.engines.geglu_triton`). Default None: on for fp16/bf16 on CUDA when Triton is
             importable.
+        triton_conv: route the 3x3 convolutions with small outputs (<= ``TRITON_CONV_MAX_PIXELS``
+            pixels per image: the 8x8 and 4x4 levels) through :func:`vfrt.engines.conv_triton.conv2d_small`,
+            which runs a split-reduction Triton kernel where it measured faster than cuDNN (up to
+            128 output pixels in all: small K) and cuDNN otherwise. Needs ``channels_last``. Default
+            None: on for fp16/bf16 on CUDA while the forward is uncompiled, off once :meth:`compile`
+            is called (H100, run 7: uncompiled K = 1 4.92 -> 4.73 ms and no cost at K = 25; compiled
+            K = 1 -0.12/-0.15 ms but K = 25 +0.12 ms, as the op hides those convolutions from Inductor).
         attention: self-attention backend. "auto": PyTorch's choice (cuDNN on the H100: the fastest
             steps, but ~0.2 s to plan each new K's shapes); "flash": never cuDNN (no per-shape
             planning; ~4 % slower orbits once warm) - for processes that run one orbit.
     """
 
     def __init__(self, unet, device, dtype=torch.float16, channels_last: bool = False, copy_weights: bool = True,
-                 gemm_conv_max_pixels: int = 0, fused_geglu: bool | None = None, attention: str = "auto"):
+                 gemm_conv_max_pixels: int = 0, fused_geglu: bool | None = None, attention: str = "auto",
+                 triton_conv: bool | None = None):
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
         self.attention = attention
@@ -74,6 +97,12 @@ class FastUNet:
         elif fused_geglu and not geglu_available(device):
             raise ValueError("fused_geglu needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
         self.fused_geglu = bool(fused_geglu)
+        self._triton_conv_auto = triton_conv is None
+        if triton_conv is None:
+            triton_conv = default_triton_conv(device, dtype, channels_last, compiled=False)
+        elif triton_conv and not (conv_triton_available(device) and channels_last):
+            raise ValueError("triton_conv needs Triton, channels_last=True and a CUDA device (or TRITON_INTERPRET=1)")
+        self.triton_conv = bool(triton_conv)
         self.gemm_conv_max_pixels = int(gemm_conv_max_pixels)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -128,6 +157,9 @@ class FastUNet:
                                                backend=backend)
         self.compiled = True
         self._compile_verified = False
+        if self._triton_conv_auto:
+            self.triton_conv = default_triton_conv(self.device, self.dtype,
+                                                   self.memory_format is torch.channels_last, compiled=True)
 
     # ------------------------------------------------------------------ per-schedule / per-view tables
     @torch.no_grad()
@@ -236,6 +268,18 @@ class FastUNet:
         measured on the H100 it wins only for 1x1 kernels without ``torch.compile`` and for 3x3 at 4x4
         with K = 1, and loses inside the compiled step - docs/PERF.md)."""
         stride, padding, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+        if self.triton_conv and conv.bias is not None and conv_triton_supports(x.shape, conv.weight.shape, stride,
+                                                                               padding):
+            ho = (x.shape[-2] + 2 * padding - k) // stride + 1
+            wo = (x.shape[-1] + 2 * padding - k) // stride + 1
+            # static sizes decide which convs go through the op; the row count decides inside it
+            if ho * wo <= TRITON_CONV_MAX_PIXELS and may_use_triton(x.shape[1], k, ho * wo):
+                # channels-last input: under torch.compile the op gets exactly these strides, and Inductor
+                # then writes the producing kernel's output in this layout (the GroupNorm output is NCHW)
+                x = x.contiguous(memory_format=torch.channels_last)
+                if torch.compiler.is_compiling():   # the bias add fuses into the next Inductor kernel
+                    return conv2d_small(x, conv.weight, None, stride, padding) + conv.bias.view(1, -1, 1, 1)
+                return conv2d_small(x, conv.weight, conv.bias, stride, padding)
         if self.gemm_conv_max_pixels:
             ho = (x.shape[-2] + 2 * padding - k) // stride + 1
             wo = (x.shape[-1] + 2 * padding - k) // stride + 1

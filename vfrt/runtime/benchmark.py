@@ -62,7 +62,7 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
                   orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
                   reference: bool = True, device: str = "cuda", compile: bool | None = None,
                   gemm_conv_max_pixels: int = 0, k_buckets: tuple[int, ...] | None = None,
-                  fused_geglu: bool | None = None) -> dict:
+                  fused_geglu: bool | None = None, triton_conv: bool | None = None) -> dict:
     """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
     from vfrt.engines.fast import FastEngine
     from vfrt.engines.reference import ReferenceEngine
@@ -82,9 +82,11 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
     torch.cuda.reset_peak_memory_stats(dev)
     torch.cuda.empty_cache()
     fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile,
-                      gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=k_buckets, fused_geglu=fused_geglu)
+                      gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=k_buckets, fused_geglu=fused_geglu,
+                      triton_conv=triton_conv)
     res["k_buckets"] = fast.k_buckets
     res["fused_geglu"] = fast.unet.fused_geglu
+    res["triton_conv"] = fast.unet.triton_conv
     res["gemm_conv_max_pixels"] = fast.unet.gemm_conv_max_pixels
     res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
     fast_ms, fast_eager_ms = {}, {}
@@ -177,7 +179,8 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
 def format_table(res: dict) -> str:
     lines = [f"GPU: {res['gpu']}  torch {res['torch']}  {res['image_size']}px  dtype {res['dtype']}  "
              f"channels_last={res['channels_last']}  compile={res['compile']}  "
-             f"fused_geglu={res.get('fused_geglu')}  gemm_conv_max_pixels={res.get('gemm_conv_max_pixels')}",
+             f"fused_geglu={res.get('fused_geglu')}  triton_conv={res.get('triton_conv')}  "
+             f"gemm_conv_max_pixels={res.get('gemm_conv_max_pixels')}",
              # "no graph": the same (compiled, when compile=True) step launched from Python, without the CUDA graph
              f"{'K':>4} {'reference ms':>13} {'fast no-graph ms':>17} {'fast graph ms':>14} {'speed-up':>9}"]
     for K, f in res["fast_step_ms"].items():
