@@ -22,3 +22,13 @@ def test_table_without_a_reference_shows_nan_speed_ups():
     res = json.loads((DOCS / "bench_h100_run6_first_orbit.json").read_text())
     k1 = next(line for line in format_table(res).splitlines() if line.split()[0] == "1")
     assert k1.split()[1] == "nan" and k1.split()[-1] == "nan"
+
+
+def test_table_names_the_triton_conv_setting():
+    """Run 7's `--triton-conv` result: the header says which convolution path was timed."""
+    res = json.loads((DOCS / "bench_h100_run7_triton_conv.json").read_text())
+    lines = format_table(res).splitlines()
+    assert "triton_conv=True" in lines[0]
+    assert next(line for line in lines if line.split()[0] == "1").split()[3] == "2.87"
+    old = format_table(json.loads((DOCS / "bench_h100_run6_default.json").read_text())).splitlines()[0]
+    assert "triton_conv=None" in old   # recorded before the option existed
