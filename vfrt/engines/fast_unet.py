@@ -264,9 +264,11 @@ class FastUNet:
         return h
 
     def _conv(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """``conv(x)``: cuDNN, or one GEMM at output sizes up to ``gemm_conv_max_pixels`` (off by default:
-        measured on the H100 it wins only for 1x1 kernels without ``torch.compile`` and for 3x3 at 4x4
-        with K = 1, and loses inside the compiled step - docs/PERF.md)."""
+        """``conv(x)``: cuDNN; with ``triton_conv``, the 8x8 / 4x4 3x3 convolutions through
+        :func:`conv2d_small` (the split-reduction kernel at small row counts, cuDNN above); or one GEMM at
+        output sizes up to ``gemm_conv_max_pixels`` (off by default: measured on the H100 it wins only for
+        1x1 kernels without ``torch.compile`` and for 3x3 at 4x4 with K = 1, and loses inside the
+        compiled step - docs/PERF.md)."""
         stride, padding, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
         if self.triton_conv and conv.bias is not None and conv_triton_supports(x.shape, conv.weight.shape, stride,
                                                                                padding):
