@@ -28,9 +28,6 @@ from vfrt.engines.triton_support import INTERPRET as _INTERPRET
 from vfrt.engines.triton_support import tl, triton
 from vfrt.engines.triton_support import triton_kernels_available as conv_triton_available
 
-if triton is not None:
-    from vfrt.engines.triton_support import grouped_tile
-
 
 if triton is not None:
     @triton.jit
@@ -44,11 +41,20 @@ if triton is not None:
         (C % BK == 0, so a chunk lies in one tap). PARTIAL False (SPLIT == 1): writes bias + result in
         y's dtype to y (M, N). PARTIAL True: writes fp32 partial sums to y (SPLIT, M, N).
         """
+        pid = tl.program_id(0)
         split = tl.program_id(1)
-        rm, rn = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+        num_pid_m = tl.cdiv(M, BM)
+        num_pid_n = tl.cdiv(N, BN)
+        group = GROUP_M * num_pid_n               # grouped tile order: neighbours share W in L2
+        first_m = (pid // group) * GROUP_M
+        size_m = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % size_m
+        pid_n = (pid % group) // size_m
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
         m_ok = rm < M
         n_ok = rn < N
-        rk = tl.arange(0, BK)
         hw = HO * WO
         bb = rm // hw
         rem = rm % hw

@@ -24,9 +24,6 @@ from vfrt.engines.triton_support import INTERPRET as _INTERPRET
 from vfrt.engines.triton_support import tl, triton
 from vfrt.engines.triton_support import triton_kernels_available as geglu_available  # noqa: F401 - re-exported
 
-if triton is not None:   # without Triton the fast path keeps the unfused GEGLU
-    from vfrt.engines.triton_support import grouped_tile
-
 
 if triton is not None:
     @triton.jit
@@ -39,7 +36,16 @@ if triton is not None:
         b: (2N,); y: (M, N) row stride stride_ym. IEEE_FP32: full-precision fp32 products (else
         Triton's default, TF32, for fp32 inputs; fp16/bf16 inputs are unaffected).
         """
-        rm, rn = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BM)
+        num_pid_n = tl.cdiv(N, BN)
+        group = GROUP_M * num_pid_n                  # grouped tile order: neighbours share W in L2
+        first_m = (pid // group) * GROUP_M
+        size_m = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % size_m
+        pid_n = (pid % group) // size_m
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
         m_ok = rm < M
         n_ok = rn < N
