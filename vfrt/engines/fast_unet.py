@@ -38,7 +38,6 @@ from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, Spati
 log = logging.getLogger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "flash")
-TRITON_CONV_MAX_PIXELS = 64   # output pixels per image up to which convs may take the Triton kernel (8x8)
 # "flash": every SDPA backend but cuDNN's, whose plan for each new (rows, heads, tokens, dim) shape takes
 # ~65 ms to build on the H100 (3 new shapes per new K: ~0.2 s per first step, docs/PERF.md run 6).
 _NO_CUDNN_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -71,7 +70,7 @@ class FastUNet:
         fused_geglu: run each feed-forward's GEGLU projection as one fused Triton GEMM
             (:mod:`vfrt.engines.geglu_triton`). Default None: on for fp16/bf16 on CUDA when Triton is
             importable.
-        triton_conv: route the 3x3 convolutions with small outputs (<= ``TRITON_CONV_MAX_PIXELS``
+        triton_conv: route the 3x3 convolutions with small outputs (<= ``conv_triton.MAX_OUTPUT_PIXELS``
             pixels per image: the 8x8 and 4x4 levels) through :func:`vfrt.engines.conv_triton.conv2d_small`,
             which runs a split-reduction Triton kernel where it measured faster than cuDNN (up to
             128 output pixels in all: small K) and cuDNN otherwise. Needs ``channels_last``. Default
@@ -275,7 +274,7 @@ class FastUNet:
             ho = (x.shape[-2] + 2 * padding - k) // stride + 1
             wo = (x.shape[-1] + 2 * padding - k) // stride + 1
             # static sizes decide which convs go through the op; the row count decides inside it
-            if ho * wo <= TRITON_CONV_MAX_PIXELS and may_use_triton(x.shape[1], k, ho * wo):
+            if may_use_triton(x.shape[1], k, ho * wo):
                 # channels-last input: under torch.compile the op gets exactly these strides, and Inductor
                 # then writes the producing kernel's output in this layout (the GroupNorm output is NCHW)
                 x = x.contiguous(memory_format=torch.channels_last)
