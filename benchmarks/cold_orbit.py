@@ -2,9 +2,9 @@
 
 Builds a fast engine (compiled or not), takes its first step at --warm-ks (that compiles), then runs
 the same 36-view orbit twice in one process and times every phase of every view with
-``torch.cuda.synchronize`` around it: noise draws, reference encodes, bind, graph capture (split into
-the two warm-up forwards and the capture itself), the 76 replays, decode. Prints the per-phase
-totals of both orbits and the views whose cold time differs most, and writes JSON.
+``torch.cuda.synchronize`` around it, by wrapping the engine's public calls: noise draws, reference
+encodes, bind, loading the step buffers, graph capture (incl. its two warm-up steps), the 76
+replays, decode. Prints the per-phase totals of both orbits and per-view times, and writes JSON.
 
     python benchmarks/cold_orbit.py --compile --out cold.json
 """
@@ -76,26 +76,27 @@ def main():
     ap.add_argument("--attention", default="auto", choices=["auto", "flash"], help="the engine's attention option")
     ap.add_argument("--no-cudnn-sdpa", action="store_true", help="disable the cuDNN SDPA backend process-wide")
     ap.add_argument("--sdpa", action="store_true", help="also time first SDPA calls at new batch sizes")
-    ap.add_argument("--cprofile-views", default="", help="views whose first forward at a new K is cProfiled")
     ap.add_argument("--out", default="cold.json")
     args = ap.parse_args()
     if args.no_cudnn_sdpa:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
-    from vfrt.engines import fast as fast_mod
-    from vfrt.engines.fast import FastEngine
+    from vfrt.engines import create_engine
+    from vfrt.engines.config import EngineConfig
     from vfrt.models import Zero123
     from vfrt.runtime import noise as noise_mod
     from vfrt.runtime.benchmark import bind_random_view
     from vfrt.runtime.pipeline import Pipeline
+    from vfrt.runtime.sampler import SamplerConfig
     from vfrt.runtime.schedule import make_ddim_schedule
 
     torch.manual_seed(0)
     model = Zero123.from_config(None).eval()
     t0 = time.perf_counter()
-    eng = FastEngine(model, device="cuda", compile=args.compile, attention=args.attention)
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
-           "no_cudnn_sdpa": args.no_cudnn_sdpa, "attention": args.attention, "engine_build_s": time.perf_counter() - t0, "first_step_s": {}}
+    eng = create_engine(model, EngineConfig(backend="fast", device="cuda", compile=args.compile,
+                                            attention=args.attention))
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "engine": eng.describe(),
+           "no_cudnn_sdpa": args.no_cudnn_sdpa, "engine_build_s": time.perf_counter() - t0, "first_step_s": {}}
     if args.sdpa:
         sdpa_first_calls(res)
     sched = make_ddim_schedule(75, 1.0)
@@ -109,57 +110,13 @@ def main():
         print(f"warm K={K}: {res['first_step_s'][K]:.1f} s", flush=True)
 
     timer = PhaseTimer()
-    cprofile_views = {int(v) for v in args.cprofile_views.split(",") if v}
-    step_graph_cls = fast_mod._StepGraph
-    orig_body = step_graph_cls.body
-    in_capture = {"on": False, "n": 0}
-
-    def body(self):
-        if in_capture["on"] and in_capture["n"] < 2:    # the two warm-up forwards before the capture
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            if in_capture["n"] == 0 and timer.orbit == "cold" and timer.view in cprofile_views:
-                import cProfile
-                import io
-                import pstats
-                prof = cProfile.Profile()
-                prof.enable()
-                orig_body(self)
-                torch.cuda.synchronize()
-                prof.disable()
-                text = io.StringIO()
-                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
-                res.setdefault("cprofile", {})[str(timer.view)] = text.getvalue()
-                print(f"--- cProfile of the first forward at view {timer.view} (K={self.K})\n"
-                      + "\n".join(text.getvalue().splitlines()[:45]), flush=True)
-            else:
-                orig_body(self)
-            torch.cuda.synchronize()
-            timer.t[(timer.orbit, timer.view, f"capture.warmup{in_capture['n']}")] += time.perf_counter() - t0
-            in_capture["n"] += 1
-            return
-        orig_body(self)
-    step_graph_cls.body = body
-    orig_capture = step_graph_cls.capture
-
-    def capture(self):
-        in_capture.update(on=True, n=0)
-        try:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            orig_capture(self)
-            torch.cuda.synchronize()
-            timer.t[(timer.orbit, timer.view, "capture.total")] += time.perf_counter() - t0
-        finally:
-            in_capture["on"] = False
-    step_graph_cls.capture = capture
-    timer.wrap(step_graph_cls, "run", "graph run (incl. capture)")
-    timer.wrap(step_graph_cls, "load", "load")
+    steps = eng.step_cache
+    timer.wrap(steps, "capture", "capture (incl. 2 warm-up steps)")
+    timer.wrap(steps, "replay", "replay (76 steps)")
+    timer.wrap(steps, "load", "load")
     timer.wrap(eng, "bind", "bind")
     timer.wrap(eng, "encode_view", "encode_view")
     timer.wrap(eng, "decode", "decode")
-    timer.wrap(noise_mod.NoiseSource, "view", "noise draw")
-    timer.wrap(fast_mod._FastDenoiser, "combined_noise", "combined noise")
 
     pipe = Pipeline.from_engine(eng, model.config)
     img = torch.rand((1, 3, 256, 256), generator=gen) * 2 - 1
@@ -167,13 +124,17 @@ def main():
 
     def view(self, v, *a, **kw):
         timer.view = v
-        return orig_view(self, v, *a, **kw)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = orig_view(self, v, *a, **kw)
+        timer.t[(timer.orbit, v, "noise draw")] += time.perf_counter() - t0
+        return out
     noise_mod.NoiseSource.view = view
     for orbit in ("cold", "warm"):
         timer.orbit = orbit
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        pipe.orbit(img, views=36, preprocess=False, seed=1)
+        pipe.orbit(img, views=36, preprocess=False, sampler=SamplerConfig(seed=1))
         torch.cuda.synchronize()
         res[f"orbit_{orbit}_s"] = time.perf_counter() - t0
         res[f"phases_{orbit}_s"] = timer.totals(orbit)
@@ -184,10 +145,10 @@ def main():
         per_view[v][f"{o}:{phase}"] = round(s, 4)
     res["per_view"] = {str(v): d for v, d in sorted(per_view.items())}
     for v, d in sorted(per_view.items()):
-        cold = sum(s for k, s in d.items() if k.startswith("cold:") and not k.startswith("cold:capture"))
-        warm = sum(s for k, s in d.items() if k.startswith("warm:") and not k.startswith("warm:capture"))
-        print(f"view {v:2d}: cold {cold:.3f} s warm {warm:.3f} s  capture {d.get('cold:capture.total', 0):.3f} "
-              f"(warm-ups {d.get('cold:capture.warmup0', 0):.3f} / {d.get('cold:capture.warmup1', 0):.3f})", flush=True)
+        cold = sum(s for k, s in d.items() if k.startswith("cold:") and "capture" not in k)
+        warm = sum(s for k, s in d.items() if k.startswith("warm:") and "capture" not in k)
+        print(f"view {v:2d}: cold {cold:.3f} s warm {warm:.3f} s  capture "
+              f"{d.get('cold:capture (incl. 2 warm-up steps)', 0):.3f} s", flush=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
 

@@ -7,10 +7,14 @@ Triton, other). It also times self-attention alone for the UNet's head shapes un
 backend. Writes JSON + text tables to --out.
 
     python benchmarks/profile_step.py --ks 1,12,25 --variants eager,compile,compile+gemm64 --convs --profile --out prof
+
+Variants are assembled from the public engine parts (network specs, executors, ``FastEngine``); the
+experiments that lost their A/B (conv-as-GEMM, Inductor option overrides) live here, not in the library.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -19,8 +23,71 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from vfrt.engines.executors import CompiledExecutor
+
 
 INDUCTOR_TOKENS = {"c1x1mm": "conv_1x1_as_mm", "freeze": "freezing", "cdt": "coordinate_descent_tuning"}
+
+
+class InductorOptionsExecutor(CompiledExecutor):
+    """The compiled executor with Inductor config overrides (experiments only: none won its A/B, docs/PERF.md)."""
+
+    def __init__(self, spec, module, options: dict):
+        super().__init__(spec, module)
+        self.options = options
+
+    def _compile(self, module):
+        return torch.compile(module, options=dict(self.options), dynamic=None)
+
+
+def variant_engine(model, opts: set):
+    """A fast engine for one '+'-joined variant, assembled from public parts (specs, executors, FastEngine)."""
+    from vfrt.engines.config import EngineConfig
+    from vfrt.engines.executors import EagerExecutor
+    from vfrt.engines.fast import FastEngine
+    from vfrt.engines.specs import NETWORK_NAMES, build_networks
+    inductor = {option: True for token, option in INDUCTOR_TOKENS.items() if token in opts}
+    config = EngineConfig(backend="fast", device="cuda", compile="compile" in opts and not inductor,
+                          fused_geglu="nogeglu" not in opts, triton_conv="notconv" not in opts and "compile" not in opts,
+                          attention="flash" if "flash" in opts else "auto").resolve()
+    nets = build_networks(model, config.device, config.torch_dtype, config.torch_vae_dtype,
+                          channels_last=config.channels_last, attention=config.attention,
+                          fused_geglu=config.fused_geglu, triton_conv=config.triton_conv)
+    specs = nets.specs()
+    executors = {name: EagerExecutor(specs[name], nets.module(name)) for name in NETWORK_NAMES}
+    if config.compile:
+        executors["unet_step"] = CompiledExecutor(specs["unet_step"], nets.unet_step)
+    elif inductor:
+        executors["unet_step"] = InductorOptionsExecutor(specs["unet_step"], nets.unet_step, inductor)
+    return FastEngine(executors, config, networks=nets)
+
+
+@contextlib.contextmanager
+def gemm_convs(max_pixels: int):
+    """Route convolutions with <= max_pixels output pixels per image through the conv-as-GEMM experiment."""
+    if not max_pixels:
+        yield
+        return
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent / "experiments" / "conv_gemm.py"
+    spec = importlib.util.spec_from_file_location("conv_gemm_experiment", path)
+    conv_gemm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv_gemm)
+    real = F.conv2d
+
+    def routed(x, weight, bias=None, stride=1, padding=0, *rest):
+        k = weight.shape[-1]
+        ho = (x.shape[-2] + 2 * padding - k) // stride + 1
+        wo = (x.shape[-1] + 2 * padding - k) // stride + 1
+        if not rest and x.is_contiguous(memory_format=torch.channels_last) and ho * wo <= max_pixels:
+            return conv_gemm.conv2d_as_gemm(x, weight, bias, stride, padding)
+        return real(x, weight, bias, stride, padding, *rest)
+    F.conv2d = routed
+    try:
+        yield
+    finally:
+        F.conv2d = real
 
 
 def kernel_category(name: str) -> str:
@@ -153,27 +220,31 @@ def conv_bench(model, out: dict, rows_list=(2, 13, 26)) -> None:
 
 
 def unet_conv_shapes(model, max_hw_out: int = 10**9):
-    """{(C_in, C_out, k, stride, padding, H, W): count} of every convolution in one UNet forward."""
+    """{(C_in, C_out, k, stride, padding, H, W): count} of every convolution in one UNet forward
+    (recorded by wrapping ``torch.nn.functional.conv2d`` during one eager forward of the UNet step)."""
     from collections import Counter
 
-    from vfrt.engines.fast_unet import FastUNet
-    u = FastUNet(model.unet, "cuda", torch.float16, channels_last=True, triton_conv=False)
+    from vfrt.engines.specs import build_networks
+    nets = build_networks(model, "cuda", torch.float16, torch.float16, channels_last=True)
     shapes = Counter()
-    orig = u._conv
+    real = F.conv2d
 
-    def record(conv, x):
-        k, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    def record(x, weight, bias=None, stride=1, padding=0, *rest):
+        k = weight.shape[-1]
+        st = stride if isinstance(stride, int) else stride[0]
+        pad = padding if isinstance(padding, int) else padding[0]
         if (x.shape[2] + 2 * pad - k) // st + 1 <= max_hw_out:
-            shapes[(x.shape[1], conv.out_channels, k, st, pad, x.shape[2], x.shape[3])] += 1
-        return orig(conv, x)
-    u._conv = record
-    with torch.no_grad():
-        emb = u.emb_table([500])
-        ctx = torch.randn((2, 1, u.blocks[0].attn2.to_v.in_features), device="cuda")
-        u.forward(torch.randn((1, 4, 32, 32), device="cuda"),
-                  torch.randn((2, u.w_x.shape[0], 32, 32), device="cuda", dtype=torch.float16).contiguous(
-                      memory_format=torch.channels_last), emb[:1], u.context_constants(ctx))
-    del u
+            shapes[(x.shape[1], weight.shape[0], k, st, pad, x.shape[2], x.shape[3])] += 1
+        return real(x, weight, bias, stride, padding, *rest)
+    spec = nets.specs()["unet_step"]
+    inputs = spec.sample_inputs({"rows": 2}, device="cuda")
+    F.conv2d = record
+    try:
+        with torch.no_grad():
+            nets.unet_step(**inputs)
+    finally:
+        F.conv2d = real
+    del nets
     torch.cuda.empty_cache()
     return shapes
 
@@ -181,7 +252,7 @@ def unet_conv_shapes(model, max_hw_out: int = 10**9):
 def conv_triton_bench(model, out: dict, rows_list=(2, 4, 8, 13, 26), max_hw_out: int = 16) -> None:
     """Small-output UNet convolutions: cuDNN vs the split-reduction Triton kernel over candidate configurations.
 
-    The data behind ``vfrt.engines.conv_triton._config_for``: per (shape, rows) the cuDNN time, every
+    The data behind ``vfrt.engines.conv_triton.config_for``: per (shape, rows) the cuDNN time, every
     configuration's time and the best one, with its max abs difference from cuDNN.
     """
     import triton
@@ -263,8 +334,7 @@ def geglu_bench(out: dict, rows_list=(2, 13, 26)) -> None:
                   f"({r['fused_tflops']:.0f} TFLOP/s), max err {float(err):.2e}", flush=True)
     out["geglu"] = res
     # every configuration of the fused kernel, per shape (the data behind its fixed configuration table)
-    from vfrt.engines import geglu_triton as gt
-    import triton
+    from vfrt.engines.geglu_triton import geglu_launch
     configs = [(bm, bn, bk, w, st) for bm, bn, bk, w, st in
                ((128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 8, 4),
                 (64, 64, 64, 4, 4), (128, 64, 32, 4, 5), (64, 64, 32, 4, 5), (256, 64, 64, 8, 3),
@@ -276,15 +346,9 @@ def geglu_bench(out: dict, rows_list=(2, 13, 26)) -> None:
         b = torch.randn((8 * c,), device="cuda", dtype=torch.float16)
         for rows in (2, 5, 13, 26):
             x = torch.randn((rows * hw, c), device="cuda", dtype=torch.float16)
-            y = torch.empty((rows * hw, 4 * c), device="cuda", dtype=torch.float16)
-            M, N, K = rows * hw, 4 * c, c
             for bm, bn, bk, nw, st in configs:
-                grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-
                 def launch():
-                    gt._geglu_kernel[grid](x, w, b, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), BM=bm,
-                                           BN=bn, BK=bk, GROUP_M=8, EVEN_K=True, num_warps=nw, num_stages=st,
-                                           IEEE_FP32=False)
+                    geglu_launch(x, w, b, config=(bm, bn, bk, nw, st))
                 try:
                     t = graph_time_us(launch)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
@@ -302,7 +366,7 @@ def main():
     ap.add_argument("--variants", default="eager,eager+gemm64,compile,compile+gemm64",
                     help="comma-separated; each a '+'-joined set of: eager|compile, gemmN (GEMM convs up to N "
                          "output pixels), cudnnbench (torch.backends.cudnn.benchmark), Inductor options c1x1mm "
-                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning), nogeglu (unfused GEGLU), notconv (cuDNN for every conv)")
+                         "(conv_1x1_as_mm), freeze (freezing), cdt (coordinate_descent_tuning), nogeglu (unfused GEGLU), notconv (cuDNN for every conv), flash (no cuDNN attention)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--attention", action="store_true")
     ap.add_argument("--convs", action="store_true")
@@ -313,7 +377,6 @@ def main():
     ap.add_argument("--out", default="prof")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    from vfrt.engines.fast import FastEngine
     from vfrt.models import Zero123
     from vfrt.runtime.benchmark import bind_random_view
     from vfrt.runtime.schedule import make_ddim_schedule
@@ -344,32 +407,30 @@ def main():
         torch.backends.cudnn.benchmark = "cudnnbench" in opts
         gemm = [int(o[4:]) for o in opts if o.startswith("gemm")]
         t0 = time.perf_counter()
-        inductor = {option: True for token, option in INDUCTOR_TOKENS.items() if token in opts}
-        eng = FastEngine(model, device="cuda", compile="compile" in opts,
-                         gemm_conv_max_pixels=gemm[0] if gemm else 0, compile_options=inductor or None,
-                         fused_geglu="nogeglu" not in opts, triton_conv="notconv" not in opts)
+        eng = variant_engine(model, opts)
         v = {"build_s": time.perf_counter() - t0, "step_ms": {}, "capture_s": {}, "profile": {}}
         gen = torch.Generator().manual_seed(0)
+        steps = eng.step_cache
         for K in ks:
             den, _ = bind_random_view(eng, K, 256, sched, gen)
             x = torch.randn((1, 4, 32, 32), generator=gen)
             noise = torch.randn((sched.num_steps, K, 4, 32, 32), generator=gen)
-            g = eng.step_graph(K, True, sched.num_steps, (4, 32, 32), tuple(den.h0.shape))
-            g.load(den, x.cuda(), den.combined_noise(noise, (4, 32, 32)))
+            steps.load(den.view, x.cuda(), den.noise_bar(noise, (4, 32, 32)))
             t0 = time.perf_counter()
-            g.capture()
+            with gemm_convs(gemm[0] if gemm else 0):      # only traced/captured kernels matter for the replays
+                steps.capture()
             torch.cuda.synchronize()
             v["capture_s"][K] = time.perf_counter() - t0
 
             def replay():
-                g.step_idx.zero_()
-                g.graph.replay()
+                steps.rewind()
+                steps.replay(1)
             v["step_ms"][K] = time_ms(replay, args.repeats)
             if args.profile:
                 v["profile"][K] = profile_kernels(replay)
             print(f"{variant} K={K}: {v['step_ms'][K]:.3f} ms (capture {v['capture_s'][K]:.1f} s)", flush=True)
         out["variants"][variant] = v
-        del eng, g, den
+        del eng, steps, den
         torch.cuda.empty_cache()
         with open(os.path.join(args.out, "profile.json"), "w") as f:
             json.dump(out, f, indent=1)

@@ -1,19 +1,25 @@
 """vfrt - the ViewFusion Runtime.
 
-``from vfrt import Pipeline, NoiseBank`` is the public entry point. Heavy modules load lazily so
-``import vfrt`` stays cheap.
+``from vfrt import Pipeline, SamplerConfig, EngineConfig, NoiseBank`` is the public entry point.
+Heavy modules load lazily so ``import vfrt`` stays cheap.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["Pipeline", "NoiseBank", "GenerationResult", "__version__"]
+from vfrt.version import __version__
+
+__all__ = ["Pipeline", "GenerationResult", "SamplerConfig", "EngineConfig", "NoiseBank", "__version__"]
+
+_LAZY = {
+    "Pipeline": "vfrt.runtime.pipeline",
+    "GenerationResult": "vfrt.runtime.pipeline",
+    "SamplerConfig": "vfrt.runtime.sampler",
+    "EngineConfig": "vfrt.engines.config",
+    "NoiseBank": "vfrt.runtime.noise",
+}
 
 
 def __getattr__(name):
-    if name in ("Pipeline", "GenerationResult"):
-        from vfrt.runtime import pipeline
-        return getattr(pipeline, name)
-    if name == "NoiseBank":
-        from vfrt.runtime.noise import NoiseBank
-        return NoiseBank
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vfrt' has no attribute {name!r}")

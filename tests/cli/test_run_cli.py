@@ -76,9 +76,9 @@ def test_single_mode_outputs(tiny_checkpoint, photo, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_model, photo, tmp_path):
-    from vfrt.runtime.pipeline import Pipeline
-    pipe = Pipeline(tiny_model, device="cpu", backend="reference")
-    cfg = RunConfig(views=6, steps=4)
+    from vfrt import EngineConfig, Pipeline, SamplerConfig
+    pipe = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu"))
+    cfg = RunConfig(views=6, sampler=SamplerConfig(steps=4))
     full = run_to_folder(pipe, photo, cfg, tmp_path / "full")
 
     def stop_after_two(done, total):
@@ -178,23 +178,28 @@ def test_several_images_share_one_model_and_a_bad_one_does_not_stop_the_rest(tin
     assert not (tmp_path / "batch" / "blank").exists()
 
 
-@pytest.mark.parametrize("n_images,extra,expected,attention", [
-    (1, [], False, "flash"),                        # one orbit: compiling would cost more than it saves
-    (3, [], True, "flash"),                         # 3 x 35 views: compiling pays off, cuDNN attention not yet
-    (6, [], True, "auto"),                          # 6 x 35 views: both pay off
-    (3, ["--generate", "4"], False, "flash"),       # 12 views
-    (1, ["--compile"], True, "flash"),              # the user's choice wins either way
-    (6, ["--no-compile"], False, "auto"),
+@pytest.mark.parametrize("n_images,extra,views,choice,compiles,cudnn", [
+    (1, [], 35, None, False, False),            # one orbit: compiling would cost more than it saves
+    (3, [], 105, None, True, False),            # 3 x 35 views: compiling pays off, cuDNN attention not yet
+    (6, [], 210, None, True, True),             # 6 x 35 views: both pay off
+    (3, ["--generate", "4"], 12, None, False, False),
+    (1, ["--compile"], 35, True, True, False),  # the user's choice wins either way
+    (6, ["--no-compile"], 210, False, False, True),
 ])
-def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_path, monkeypatch, n_images, extra,
-                                                 expected, attention):
+def test_the_run_states_its_workload_and_the_shared_policy_decides(tiny_checkpoint, photo, tmp_path, monkeypatch,
+                                                                    n_images, extra, views, choice, compiles, cudnn):
+    """`vfrt run` tells the engine config how many views it will generate; what that means on a GPU is decided by
+    the same EngineConfig.resolve the Python API uses (checked here with the policy functions on a CUDA device)."""
     import shutil
 
+    import torch
+
     import vfrt.cli.common as common
+    from vfrt.engines.config import compile_pays_off, cudnn_attention_pays_off
     seen = {}
 
-    def fake_load(ckpt, config, device, backend, trust, ema, engine_kwargs):
-        seen.update(engine_kwargs or {})
+    def fake_load(ckpt, config, engine, trust, ema):
+        seen["engine"] = engine
         raise SystemExit(0)
     monkeypatch.setattr(common, "load_pipeline", fake_load)
     photos = []
@@ -204,5 +209,8 @@ def test_compile_is_chosen_by_the_amount_of_work(tiny_checkpoint, photo, tmp_pat
         photos.append(str(p))
     CliRunner().invoke(cli, ["run", *photos, "-c", str(tiny_checkpoint.ckpt), "--config", str(tiny_checkpoint.yaml),
                              "--backend", "fast", "--device", "cpu", "-o", str(tmp_path / "o"), *extra])
-    assert seen.get("compile") is expected
-    assert seen.get("attention") == attention       # cuDNN attention's per-shape planning only for long runs
+    engine = seen["engine"]
+    assert engine.expected_views == views and engine.compile is choice
+    cuda = torch.device("cuda")
+    assert (compile_pays_off(cuda, views) if choice is None else choice) is compiles
+    assert cudnn_attention_pays_off(views) is cudnn

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vfrt import Pipeline
-from vfrt.engines.conv_triton import conv2d_small, conv2d_triton, conv_triton_available
+from vfrt import EngineConfig, Pipeline, SamplerConfig
+from vfrt.engines.conv_triton import conv2d_small, conv2d_triton
+from vfrt.hardware import triton_runs_on
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(not conv_triton_available(DEVICE), reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
+pytestmark = pytest.mark.skipif(not triton_runs_on(DEVICE), reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
 
 
 def _problem(rows, c_in, hw, c_out, k, seed, dtype=torch.float32):
@@ -119,64 +120,58 @@ def test_fast_engine_with_triton_convs_matches_reference(tiny_model, image, monk
         calls.append(tuple(args[0].shape))
         return real(*args, **kw)
     monkeypatch.setattr(conv_triton, "conv2d_triton", counted)
-    ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=2, steps=2, seed=4,
-                                                                        preprocess=False)
-    fast = Pipeline(tiny_model, device="cpu", backend="fast", triton_conv=True, channels_last=True)
-    assert fast.engine.unet.triton_conv
-    out = fast.orbit(image, views=36, generate=2, steps=2, noise=ref.noise, preprocess=False)
+    sampler = SamplerConfig(steps=2, seed=4)
+    ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
+        image, views=36, generate=2, sampler=sampler, preprocess=False)
+    fast = Pipeline(tiny_model, EngineConfig(device="cpu", triton_conv=True, channels_last=True))
+    assert fast.engine.describe()["triton_conv"]
+    out = fast.orbit(image, views=36, generate=2, sampler=sampler, noise=ref.noise, preprocess=False)
     assert calls, "the Triton convolution was never called"
     assert np.abs(out.images - ref.images).max() <= 1e-4
 
 
-def test_compiled_engine_with_triton_convs_matches_reference(tiny_model, image):
-    """Traced by torch.compile (aot_eager: no C++ compiler needed), the bias is added outside the op."""
+def test_compiled_unet_with_triton_convs_matches_the_eager_one(tiny_model, image):
+    """Traced by torch.compile (aot_eager: no C++ compiler needed; the bias is then added outside the op): the
+    compiled UNet step equals the eager one on the same bound view."""
     if DEVICE != "cpu":
         pytest.skip("the fp32 engine comparison runs on the CPU")
+    from vfrt.engines import create_engine
+    from vfrt.engines.executors import CompiledExecutor
+    from vfrt.runtime.schedule import make_ddim_schedule
     torch._dynamo.reset()
-    ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=1, steps=2, seed=5,
-                                                                        preprocess=False)
-    fast = Pipeline(tiny_model, device="cpu", backend="fast", triton_conv=True, channels_last=True)
-    fast.engine.unet.compile(backend="aot_eager")
-    out = fast.orbit(image, views=36, generate=1, steps=2, noise=ref.noise, preprocess=False)
-    assert fast.engine.unet.compiled, "the compile fell back to eager"
-    assert np.abs(out.images - ref.images).max() <= 1e-4
+    eng = create_engine(tiny_model, EngineConfig(device="cpu", triton_conv=True, channels_last=True))
+    eager = eng.executor("unet_step")
+    traced = CompiledExecutor(eager.spec, eng.networks.unet_step, backend="aot_eager").load()
+    g = torch.Generator().manual_seed(1)
+    den = eng.bind([eng.encode_view(image), eng.encode_view(-image)], torch.randn((2, 4), generator=g),
+                   torch.tensor([0.6, 0.4]), make_ddim_schedule(4), 3.0)
+    inputs = {"x": torch.randn((1, 4, 8, 8), generator=g), "h0": den.view.h0, "emb": den.view.emb_table[:1],
+              "consts": den.view.consts}
+    got = traced.run(inputs)["eps"]
+    assert traced.compiled, "the compile fell back to eager"
+    torch.testing.assert_close(got, eager.run(inputs)["eps"], atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
 
 
 def test_triton_convs_are_off_by_default_on_the_cpu(tiny_model):
-    assert not Pipeline(tiny_model, device="cpu", backend="fast").engine.unet.triton_conv
+    assert not Pipeline(tiny_model, EngineConfig(device="cpu")).engine.describe()["triton_conv"]
 
 
-def test_triton_convs_need_channels_last(tiny_model):
-    from vfrt.engines.fast import FastEngine
+def test_triton_convs_need_channels_last():
     with pytest.raises(ValueError, match="channels_last"):
-        FastEngine(tiny_model, device="cpu", channels_last=False, triton_conv=True)
+        EngineConfig(device="cpu", channels_last=False, triton_conv=True).resolve()
 
 
-def test_default_is_on_only_for_the_uncompiled_fp16_cuda_forward():
-    """Measured (docs/PERF.md run 7): a win uncompiled, a net loss inside the compiled step."""
-    from vfrt.engines.fast_unet import default_triton_conv
-    assert default_triton_conv("cuda", torch.float16, True, compiled=False)
-    assert default_triton_conv("cuda", torch.bfloat16, True, compiled=False)
-    assert not default_triton_conv("cuda", torch.float16, True, compiled=True)
-    assert not default_triton_conv("cuda", torch.float32, True, compiled=False)
-    assert not default_triton_conv("cuda", torch.float16, False, compiled=False)
-    assert not default_triton_conv("cpu", torch.float32, True, compiled=False)
+def test_an_explicit_choice_survives_the_compile_policy():
+    cfg = EngineConfig(device="cpu", channels_last=True, triton_conv=True, compile=True).resolve()
+    assert cfg.triton_conv and cfg.compile
 
 
-def test_an_explicit_choice_survives_compile(tiny_model):
-    from vfrt.engines.fast import FastEngine
-    eng = FastEngine(tiny_model, device="cpu", channels_last=True, triton_conv=True)
-    eng.unet.compile(backend="eager")
-    assert eng.unet.triton_conv
-
-
-def test_only_convolutions_that_can_take_the_kernel_are_routed(monkeypatch):
+def test_only_convolutions_that_can_take_the_kernel_are_routed():
     """Outside the interpreter, 1x1 convolutions and C_in not a multiple of 128 never reach the op."""
-    import vfrt.engines.conv_triton as ct
-    monkeypatch.setattr(ct, "_INTERPRET", False)
-    assert ct.may_use_triton(1280, 3, 16) and ct.may_use_triton(640, 3, 64)
-    assert not ct.may_use_triton(1280, 1, 16)       # 1x1: cuDNN was as fast
-    assert not ct.may_use_triton(1280, 3, 256)      # 16x16 outputs: cuDNN
-    assert not ct.may_use_triton(320, 3, 16)        # C_in % 128
-    assert ct._config_for(128, 1280, 3, 64) is not None and ct._config_for(129, 1280, 3, 64) is None
+    from vfrt.engines.conv_triton import config_for, may_use_triton
+    assert may_use_triton(1280, 3, 16, interpreted=False) and may_use_triton(640, 3, 64, interpreted=False)
+    assert not may_use_triton(1280, 1, 16, interpreted=False)       # 1x1: cuDNN was as fast
+    assert not may_use_triton(1280, 3, 256, interpreted=False)      # 16x16 outputs: cuDNN
+    assert not may_use_triton(320, 3, 16, interpreted=False)        # C_in % 128
+    assert config_for(128, 1280, 3, 64) is not None and config_for(129, 1280, 3, 64) is None

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from vfrt import Pipeline
-from vfrt.engines.geglu_triton import geglu_available, geglu_projection, geglu_reference
+from vfrt import EngineConfig, Pipeline, SamplerConfig
+from vfrt.engines.geglu_triton import geglu_projection, geglu_reference
+from vfrt.hardware import triton_runs_on
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(not geglu_available(DEVICE), reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
+pytestmark = pytest.mark.skipif(not triton_runs_on(DEVICE), reason="needs Triton (CUDA or TRITON_INTERPRET=1)")
 
 
 @pytest.mark.parametrize("lead,k,n", [((2, 70), 64, 96), ((33,), 320, 40), ((1, 3, 5), 96, 16), ((2, 64), 40, 24)])
@@ -66,21 +67,22 @@ def test_fast_engine_with_fused_geglu_matches_reference(tiny_model, image, monke
     """The fused feed-forward inside the fast engine: the same orbit as the reference engine (fp32, CPU)."""
     if DEVICE != "cpu":
         pytest.skip("the fp32 engine comparison runs on the CPU")
-    import vfrt.engines.fast_unet as fast_unet
+    import vfrt.engines.unet_rewrite as unet_rewrite
     calls = []
 
     def counted(*args):
         calls.append(args[0].shape)
         return geglu_projection(*args)
-    monkeypatch.setattr(fast_unet, "geglu_projection", counted)
-    ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=2, steps=6, seed=4,
-                                                                        preprocess=False)
-    fast = Pipeline(tiny_model, device="cpu", backend="fast", fused_geglu=True)
-    assert fast.engine.unet.fused_geglu
-    out = fast.orbit(image, views=36, generate=2, steps=6, noise=ref.noise, preprocess=False)
+    monkeypatch.setattr(unet_rewrite, "geglu_projection", counted)
+    sampler = SamplerConfig(steps=6, seed=4)
+    ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
+        image, views=36, generate=2, sampler=sampler, preprocess=False)
+    fast = Pipeline(tiny_model, EngineConfig(device="cpu", fused_geglu=True))
+    assert fast.engine.describe()["fused_geglu"]
+    out = fast.orbit(image, views=36, generate=2, sampler=sampler, noise=ref.noise, preprocess=False)
     assert calls, "the fused kernel was never called"
     assert np.abs(out.images - ref.images).max() <= 1e-4
 
 
-def test_fused_geglu_is_off_by_default_on_the_cpu(tiny_model):
-    assert not Pipeline(tiny_model, device="cpu", backend="fast").engine.unet.fused_geglu
+def test_fused_geglu_is_off_by_default_on_the_cpu():
+    assert not EngineConfig(device="cpu").resolve().fused_geglu

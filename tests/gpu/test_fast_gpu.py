@@ -14,28 +14,34 @@ def image():
     return torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(4)) * 2 - 1
 
 
-def _pipe(model, compile=False, **kw):
-    """Uncompiled unless asked (each compile costs 30-90 s); the compiled default is checked separately."""
-    from vfrt import Pipeline
-    return Pipeline(model, device="cuda", backend="fast", compile=compile, **kw)
+def _pipe(model, compile=False, **choices):
+    """Uncompiled unless asked (each compile costs tens of seconds); the compiled path is checked separately."""
+    from vfrt import EngineConfig, Pipeline
+    return Pipeline(model, EngineConfig(backend="fast", device="cuda", compile=compile, **choices))
+
+
+def _sampler(steps, seed=0):
+    from vfrt import SamplerConfig
+    return SamplerConfig(steps=steps, seed=seed)
 
 
 def test_graph_replay_equals_eager(tiny_model, image):
-    a = _pipe(tiny_model, dtype="float16", use_graphs=True).orbit(image, views=36, generate=5, steps=20, seed=1,
-                                                                   preprocess=False)
-    b = _pipe(tiny_model, dtype="float16", use_graphs=False).orbit(image, views=36, generate=5, steps=20,
-                                                                    noise=a.noise, preprocess=False)
+    a = _pipe(tiny_model, dtype="float16", graphs=True).orbit(image, views=36, generate=5, sampler=_sampler(20, 1),
+                                                               preprocess=False)
+    b = _pipe(tiny_model, dtype="float16", graphs=False).orbit(image, views=36, generate=5, sampler=_sampler(20),
+                                                                noise=a.noise, preprocess=False)
     assert np.abs(a.images - b.images).max() <= 1e-3
 
 
 def test_fast_fp32_on_gpu_matches_reference(tiny_model, image, monkeypatch):
-    from vfrt import Pipeline
+    from vfrt import EngineConfig, Pipeline
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # TF32 convs would cost ~5e-3
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    ref = Pipeline(tiny_model, device="cpu", backend="reference").orbit(image, views=36, generate=4, steps=12,
-                                                                        seed=2, preprocess=False)
-    out = _pipe(tiny_model, dtype="float32", vae_dtype="float32").orbit(image, views=36, generate=4, steps=12, noise=ref.noise,
-                                                   preprocess=False)
+    ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
+        image, views=36, generate=4, sampler=_sampler(12, 2), preprocess=False)
+    out = _pipe(tiny_model, dtype="float32", vae_dtype="float32").orbit(image, views=36, generate=4,
+                                                                        sampler=_sampler(12), noise=ref.noise,
+                                                                        preprocess=False)
     assert np.abs(out.images - ref.images).max() <= 1e-4
 
 
@@ -49,7 +55,7 @@ def full_model():
 @torch.no_grad()
 def test_fp16_step_eps_and_first_view_psnr_on_full_size_weights(full_model):
     """Issue 3: per-step eps relative L2 <= 1e-2; first generated view PSNR >= 35 dB vs fp32 reference."""
-    from vfrt import Pipeline
+    from vfrt import EngineConfig, Pipeline
     from vfrt.runtime.schedule import make_ddim_schedule
     g = torch.Generator().manual_seed(0)
     img = torch.rand((1, 3, 256, 256), generator=g) * 2 - 1
@@ -60,14 +66,15 @@ def test_fp16_step_eps_and_first_view_psnr_on_full_size_weights(full_model):
     T = torch.randn((K, 4), generator=g)
     w = torch.softmax(torch.randn(K, generator=g), 0)
     fden = fast.engine.bind([fast.engine.encode_view(i) for i in refs_img], T, w, sched, 3.0)
-    fast_out = fast.orbit(img, views=36, generate=1, preprocess=False, seed=0)
-    ref = Pipeline(full_model, device="cuda", backend="reference")   # moves the fp32 model to the GPU
+    fast_out = fast.orbit(img, views=36, generate=1, preprocess=False, sampler=_sampler(75))
+    ref = Pipeline(full_model, EngineConfig(backend="reference", device="cuda"))   # moves the fp32 model to the GPU
     rden = ref.engine.bind([ref.engine.encode_view(i) for i in refs_img], T, w, sched, 3.0)
     x = torch.randn((1, 4, 32, 32), generator=g).cuda()
-    emb = fast.engine.unet.emb_table(sched.timesteps)
+    unet = fast.engine.executor("unet_step")
     for i in (0, 30, 75):
         eps_r = (rden.guided_eps(x.expand(K, -1, -1, -1), int(sched.timesteps[i])) * w.cuda().view(K, 1, 1, 1)).sum(0)
-        e = fast.engine.unet.forward(x, fden.h0, emb[i:i + 1], fden.consts).float()
+        e = unet.run({"x": x, "h0": fden.view.h0, "emb": fden.view.emb_table[i:i + 1],
+                      "consts": fden.view.consts})["eps"].float()
         eps_f = e[0] + 3.0 * ((w.cuda().view(K, 1, 1, 1) * e[1:]).sum(0) - e[0])
         rel = (eps_f - eps_r).norm() / eps_r.norm()
         assert rel <= 1e-2, (i, float(rel))
@@ -76,27 +83,28 @@ def test_fp16_step_eps_and_first_view_psnr_on_full_size_weights(full_model):
 
 
 def test_compiled_forward_matches_eager(tiny_model, image):
-    """The default engine on CUDA compiles the UNet (compile=None); it agrees with the uncompiled one."""
-    a = _pipe(tiny_model, dtype="float16").orbit(image, views=36, generate=3, steps=10, seed=1, preprocess=False)
-    pipe = _pipe(tiny_model, dtype="float16", compile=None)
-    b = pipe.orbit(image, views=36, generate=3, steps=10, noise=a.noise, preprocess=False)
-    assert pipe.engine.unet.compiled  # compiled by default, and the compile did not fall back
+    """A long workload compiles the UNet (compile=None, expected_views large); it agrees with the uncompiled one."""
+    a = _pipe(tiny_model, dtype="float16").orbit(image, views=36, generate=3, sampler=_sampler(10, 1),
+                                                 preprocess=False)
+    pipe = _pipe(tiny_model, dtype="float16", compile=None, expected_views=10 ** 4)
+    b = pipe.orbit(image, views=36, generate=3, sampler=_sampler(10), noise=a.noise, preprocess=False)
+    assert pipe.engine.describe()["unet_compiled"]  # compiled by the policy, and the compile did not fall back
     assert np.abs(a.images - b.images).max() <= 2e-2  # fp16, different fusion order
 
 
 def test_fused_geglu_and_flash_attention_agree_with_the_plain_engine(tiny_model, image):
     """The run-6 options (fused GEGLU kernel, attention without cuDNN) change rounding only."""
     a = _pipe(tiny_model, dtype="float16", fused_geglu=False, attention="auto").orbit(
-        image, views=36, generate=3, steps=10, seed=1, preprocess=False)
+        image, views=36, generate=3, sampler=_sampler(10, 1), preprocess=False)
     pipe = _pipe(tiny_model, dtype="float16", fused_geglu=True, attention="flash")
-    assert pipe.engine.unet.fused_geglu and pipe.engine.unet.attention == "flash"
-    b = pipe.orbit(image, views=36, generate=3, steps=10, noise=a.noise, preprocess=False)
+    assert pipe.engine.describe()["fused_geglu"] and pipe.engine.describe()["attention"] == "flash"
+    b = pipe.orbit(image, views=36, generate=3, sampler=_sampler(10), noise=a.noise, preprocess=False)
     assert np.abs(a.images - b.images).max() <= 2e-2  # fp16, different rounding order
 
 
 def test_fused_geglu_is_on_by_default_for_fp16_only(tiny_model):
-    assert _pipe(tiny_model, dtype="float16").engine.unet.fused_geglu
-    assert not _pipe(tiny_model, dtype="float32", vae_dtype="float32").engine.unet.fused_geglu
+    assert _pipe(tiny_model, dtype="float16").engine.describe()["fused_geglu"]
+    assert not _pipe(tiny_model, dtype="float32", vae_dtype="float32").engine.describe()["fused_geglu"]
 
 
 def test_view_cache_spills_to_pinned_host_and_returns():
@@ -131,6 +139,20 @@ def test_triton_conv_matches_cudnn_at_unet_shapes(c_in, c_out, hw, k, stride):
 
 
 def test_triton_conv_is_on_by_default_for_the_uncompiled_fp16_step_only(tiny_model):
-    assert _pipe(tiny_model, dtype="float16").engine.unet.triton_conv
-    assert not _pipe(tiny_model, dtype="float32", vae_dtype="float32").engine.unet.triton_conv
-    assert not _pipe(tiny_model, compile=True, dtype="float16").engine.unet.triton_conv   # nothing compiles yet
+    from vfrt import EngineConfig
+    assert EngineConfig(device="cuda", dtype="float16", compile=False).resolve().triton_conv
+    assert not EngineConfig(device="cuda", dtype="float32", vae_dtype="float32").resolve().triton_conv
+    assert not EngineConfig(device="cuda", compile=True, dtype="float16").resolve().triton_conv
+
+
+def test_the_policy_switch_to_compiled_keeps_results(tiny_model, image, monkeypatch):
+    """The API's adaptive policy on CUDA: uncompiled (Triton convs) first, compiled (cuDNN convs) once the process
+    has generated enough views; the graphs are re-captured and the images agree within fp16 rounding."""
+    import vfrt.engines.config as config
+    monkeypatch.setattr(config, "compile_pays_off", lambda device, workload: workload >= 4)
+    pipe = _pipe(tiny_model, dtype="float16", compile=None)
+    a = pipe.orbit(image, views=36, generate=2, sampler=_sampler(10, 1), preprocess=False)
+    assert not pipe.engine.describe()["compile"] and pipe.engine.describe()["triton_conv"]
+    b = pipe.orbit(image, views=36, generate=2, sampler=_sampler(10), noise=a.noise, preprocess=False)
+    assert pipe.engine.describe()["unet_compiled"] and not pipe.engine.describe()["triton_conv"]
+    assert np.abs(a.images - b.images).max() <= 2e-2

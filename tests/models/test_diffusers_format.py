@@ -21,11 +21,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from vfrt.models import (  # noqa: E402
     CheckpointError,
     Zero123,
-    load_state_dict_file,
     load_zero123,
     load_zero123_diffusers,
 )
-from vfrt.models.checkpoint import PREFIXES  # noqa: E402
+from vfrt.models.state_dict import PREFIXES  # noqa: E402
 from vfrt.models.config import Zero123Config  # noqa: E402
 from vfrt.models.diffusers_format import (  # noqa: E402
     clip_config_from_transformers,
@@ -343,8 +342,9 @@ def test_device_and_dtype(folder):
     assert all(p.dtype == torch.float64 for p in model.parameters())
 
 
-def test_state_dict_file_gives_original_names(folder, loaded):
-    sd = load_state_dict_file(folder[0])
+def test_folder_to_original_names(folder, loaded):
+    from vfrt.models.diffusers_format import diffusers_folder_to_original
+    sd = diffusers_folder_to_original(folder[0])
     want = {PREFIXES[m] + k for m in PREFIXES for k in getattr(loaded, m).state_dict()}
     assert set(sd) == want
     for m, prefix in PREFIXES.items():

@@ -295,3 +295,16 @@ def test_ignorable_leftovers_do_not_matter(tiny_sd, tmp_path):
     groups = split_original_state_dict(sd)
     assert not groups["unexpected"] and "first_stage_model.loss.logvar" in groups["ignored"]
     _assert_model_equal(load_zero123(_save(tmp_path, sd), tiny_config()), load_zero123(_save(tmp_path, tiny_sd, "b.safetensors"), tiny_config()))
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_so_not_called_unsafe(tmp_path):
+    """An 8-byte text file is not 'a pickle with Python objects': never steer the user to --trust-checkpoint."""
+    from vfrt.models import CheckpointError, load_zero123
+    path = tmp_path / "notes.ckpt"
+    path.write_text("hello!!!")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint") as info:
+        load_zero123(path)
+    assert "trust" not in str(info.value)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        from vfrt.models import load_state_dict_file
+        load_state_dict_file(tmp_path)

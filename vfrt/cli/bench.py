@@ -18,15 +18,15 @@ import click
               help="One fused Triton GEMM per GEGLU projection [default: on with Triton].")
 @click.option("--triton-conv/--no-triton-conv", default=None,
               help="Split-reduction Triton kernel for the 8x8 / 4x4 convolutions where faster [default: on only when not compiling].")
-@click.option("--gemm-conv-max-pixels", type=int, default=0, show_default=True,
-              help="Convs with at most this many output pixels per image run as one GEMM (0: off).")
-@click.option("--k-buckets", default=None,
-              help="Pad K up to these counts with zero-weight references (fewer CUDA graphs to capture), e.g. 1,2,4,8,12,16,20,25.")
+@click.option("--attention", type=click.Choice(["auto", "flash"]), default=None,
+              help="Self-attention backend [default: auto, as for a long run].")
+@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
 @click.option("--no-channels-last", is_flag=True, help="NCHW activations instead of channels-last.")
 @click.option("--no-reference", is_flag=True, help="Skip the (slow) reference engine and the fidelity check.")
 @click.option("--no-orbit", is_flag=True, help="Skip the two 36-view orbits.")
 @click.option("--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
-def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, triton_conv, gemm_conv_max_pixels, k_buckets, no_channels_last, no_reference, no_orbit, out):
+def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, triton_conv, attention, device,
+          no_channels_last, no_reference, no_orbit, out):
     """Per-K step latency, 36-view orbit seconds, peak GPU memory and fidelity; prints a table, writes JSON."""
     import logging
 
@@ -39,10 +39,14 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, tri
         k_list = tuple(int(k) for k in ks.split(","))
     except ValueError as exc:
         raise click.BadParameter("comma-separated integers", param_hint="--ks") from exc
+    from vfrt.engines.config import EngineConfig
     try:
-        buckets = tuple(int(k) for k in k_buckets.split(",")) if k_buckets else None
+        engine = EngineConfig(backend="fast", device=device, dtype=dtype, compile=compile_unet, fused_geglu=fused_geglu,
+                              triton_conv=triton_conv, attention=attention,
+                              channels_last=False if no_channels_last else None)
+        engine.resolve()
     except ValueError as exc:
-        raise click.BadParameter("comma-separated integers", param_hint="--k-buckets") from exc
+        raise click.UsageError(str(exc)) from exc
     logging.getLogger("vfrt").setLevel(logging.INFO)
     if checkpoint:
         from vfrt.models import CheckpointError, load_zero123
@@ -54,10 +58,8 @@ def bench(checkpoint, config, ks, repeats, dtype, compile_unet, fused_geglu, tri
         from vfrt.models import Zero123
         torch.manual_seed(0)
         model = Zero123.from_config(None).eval()
-    res = run_benchmark(model, ks=k_list, repeats=repeats, dtype=dtype, channels_last=not no_channels_last,
-                        reference=not no_reference, fidelity=not no_reference, orbit=not no_orbit,
-                        compile=compile_unet, gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=buckets,
-                        fused_geglu=fused_geglu, triton_conv=triton_conv)
+    res = run_benchmark(model, engine, ks=k_list, repeats=repeats, reference=not no_reference,
+                        fidelity=not no_reference, orbit=not no_orbit)
     prog = "vfrt" if sys.argv[0].endswith("vfrt") else f"python {sys.argv[0]}"
     res["command"] = " ".join([prog] + sys.argv[1:])
     save_json(res, out)

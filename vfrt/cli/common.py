@@ -41,13 +41,14 @@ def resolve_checkpoint(path: str | None) -> Path:
     raise click.ClickException(MISSING_WEIGHTS)
 
 
-def load_pipeline(checkpoint, config, device, backend, trust_checkpoint, use_ema, engine_kwargs=None):
-    """Build a Pipeline, turning every expected failure into a one-line ClickException."""
+def load_pipeline(checkpoint, config, engine, trust_checkpoint: bool, use_ema: bool):
+    """Build a Pipeline (``engine``: an :class:`vfrt.engines.config.EngineConfig`), turning every expected
+    failure into a one-line ClickException."""
     from vfrt.models import CheckpointError
     from vfrt.runtime.pipeline import Pipeline
     try:
-        return Pipeline.from_checkpoint(checkpoint, config=config, device=device, backend=backend,
-                                        trust_checkpoint=trust_checkpoint, use_ema=use_ema, **(engine_kwargs or {}))
+        return Pipeline.from_checkpoint(checkpoint, config=config, engine=engine, trust_checkpoint=trust_checkpoint,
+                                        use_ema=use_ema)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
     except (RuntimeError, ValueError, FileNotFoundError) as exc:

@@ -5,13 +5,7 @@ from pathlib import Path
 
 import click
 
-# --compile's automatic choice: on the H100 compiling pays off after ~2 orbits in one process with a
-# warm Inductor cache and ~3-4 with an empty one (docs/PERF.md, "Cold start"), so it is on for runs
-# that generate this many views.
-COMPILE_MIN_VIEWS = 100
-# Attention: cuDNN's kernels make each step faster (~0.8 s per orbit) but plan every new shape
-# (~4.4 s over a first orbit's new K values); flash attention wins until ~5 orbits (docs/PERF.md run 6).
-CUDNN_ATTENTION_MIN_VIEWS = 180
+from vfrt.engines.config import COMPILE_MIN_VIEWS
 
 
 def _parse_extra(values) -> tuple:
@@ -54,66 +48,62 @@ def _parse_extra(values) -> tuple:
 @click.option("--auto-temp", default=None, type=float, help="[default: 0.5; 1.0 with --extra-input]")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False), help="Replay a noise bank (.npz).")
-@click.option("--shared-noise", is_flag=True,
-              help="One step-noise draw shared by all references (ViewFusion's real-image script) "
-                   "instead of one per reference.")
+@click.option("--noise-mode", type=click.Choice(["exact", "shared", "fast"]), default="exact", show_default=True,
+              help="exact: one replayable draw per reference and step (the original); shared: one draw shared by "
+                   "the references (ViewFusion's real-image script); fast: the same distribution drawn on the "
+                   "device, not replayable.")
 @click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
 @click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True,
+              help="fast: exact identities, fp16 on CUDA; reference: the original's op order in fp32.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
-              help="Fast backend compute dtype [default: float16 on CUDA].")
-@click.option("--noise-mode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
-              help="Fast backend: K replayable draws per step, or one equivalent draw.")
+              help="Fast backend compute dtype [default: float16 on CUDA, float32 on the CPU].")
 @click.option("--compile/--no-compile", "compile_unet", default=None,
-              help="Fast backend: torch.compile the UNet: 1.7x faster steps, but 35-75 s to compile and slower "
-                   f"first captures [default: on when the run generates >= {COMPILE_MIN_VIEWS} views, e.g. 3 orbits, "
-                   "where it pays off - docs/PERF.md].")
+              help="Fast backend: torch.compile the UNet: faster steps for a one-off compile of tens of seconds "
+                   f"[default: on when the run generates >= {COMPILE_MIN_VIEWS} views, where it pays off - "
+                   "docs/PERF.md].")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
-        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, shared_noise, no_preprocess, elevation,
-        device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
+        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
+        elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
     reported and the others still run.
     """
     from vfrt.cli.common import load_pipeline, resolve_checkpoint
+    from vfrt.engines.config import EngineConfig
+    from vfrt.hardware import DeviceError
     from vfrt.runtime.noise import NoiseBank, NoiseBankError
     from vfrt.runtime.run import RunConfig
+    from vfrt.runtime.sampler import SamplerConfig
 
     extras = _parse_extra(extra_input)
     if extras and mode == "single":
         raise click.UsageError("--extra-input works with the orbit mode only")
     run_mode = "multi" if extras else mode
     try:
+        sampler = SamplerConfig.for_mode(run_mode, steps=steps, eta=eta, guidance=guidance,
+                                         inference_temp=inference_temp, seed=seed, noise_mode=noise_mode,
+                                         **({} if auto_temp is None else {"auto_temp": auto_temp}))
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
-                        delta_radius=radius, steps=steps, eta=eta, guidance=guidance, inference_temp=inference_temp,
-                        auto_temp=auto_temp if auto_temp is not None else (1.0 if extras else 0.5), seed=seed,
-                        preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
-                        shared_noise=shared_noise)
-    except ValueError as exc:
+                        delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
+                        sampler=sampler)
+        engine = EngineConfig(backend=backend, device=device, dtype=dtype, compile=compile_unet,
+                              expected_views=len(images) * cfg.generated_views)
+        engine.resolve()     # a bad device or precision stops here, before any weights load
+    except (ValueError, DeviceError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
         noise = NoiseBank.load(noise_path) if noise_path else None
     except NoiseBankError as exc:
         raise click.ClickException(str(exc)) from exc
     ckpt = resolve_checkpoint(checkpoint)
-    if backend == "auto":
-        import torch
-        backend = "fast" if device != "cpu" and torch.cuda.is_available() else "reference"
-    per_image = (cfg.generate or cfg.views - 1) if run_mode != "single" else 1
-    n_views = len(images) * per_image
-    if compile_unet is None:
-        compile_unet = n_views >= COMPILE_MIN_VIEWS
-    # A short run meets most of its K values once: skip cuDNN attention's per-shape planning there.
-    attention = "auto" if n_views >= CUDNN_ATTENTION_MIN_VIEWS else "flash"
-    engine_kwargs = ({"noise_mode": noise_mode, "compile": compile_unet, "attention": attention}
-                     | ({"dtype": dtype} if dtype else {}) if backend == "fast" else None)
-    pipe = load_pipeline(ckpt, config, device, backend, trust_checkpoint, not no_ema, engine_kwargs)
+    pipe = load_pipeline(ckpt, config, engine, trust_checkpoint, not no_ema)
     if noise is not None and len(images) > 1:
         raise click.UsageError("--noise replays one run; give a single image with it")
     if len(images) == 1:

@@ -1,20 +1,26 @@
-"""Engines: one protocol (:mod:`vfrt.engines.base`), several backends.
+"""Engines: one protocol (:mod:`vfrt.engines.base`), two engines, pluggable executors.
 
 * ``reference`` - fp32 eager PyTorch, op-for-op the original ViewFusion sampler (2K UNet batch).
-* ``fast``      - exact-math GPU engine: K+1 evaluations, collapsed cross-attention, view cache,
-                  fp16, fused DDIM update, CUDA-graph step (:mod:`vfrt.engines.fast`).
+* ``fast``      - exact identities (K+1 rows, collapsed cross-attention, cached first-conv share,
+                  time-embedding tables, combined update) over executors of the network specs, with the
+                  step in CUDA graphs (:mod:`vfrt.engines.fast`, docs/ARCHITECTURE.md).
+
+Choices are made once, by :meth:`vfrt.engines.config.EngineConfig.resolve`.
 """
 from __future__ import annotations
 
-BACKENDS = ("reference", "fast")
+from vfrt.engines.config import EngineConfig
 
 
-def create_engine(backend: str, model, device, **kwargs):
-    """Build the engine named ``backend`` around a loaded :class:`vfrt.models.Zero123`."""
-    if backend == "reference":
+def create_engine(model, requested: EngineConfig, *, copy_weights: bool = True, views_so_far: int = 0):
+    """The engine ``requested`` resolves to, around a loaded :class:`vfrt.models.Zero123`.
+
+    ``copy_weights=False`` lets the fast engine convert the model it is given in place (the caller
+    gives up the model); the reference engine moves the model to its device either way.
+    """
+    config = requested.resolve(views_so_far)
+    if config.backend == "reference":
         from vfrt.engines.reference import ReferenceEngine
-        return ReferenceEngine(model, device=device, **kwargs)
-    if backend == "fast":
-        from vfrt.engines.fast import FastEngine
-        return FastEngine(model, device=device, **kwargs)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return ReferenceEngine(model, config)
+    from vfrt.engines.fast import FastEngine
+    return FastEngine.from_model(model, requested, copy_weights=copy_weights, views_so_far=views_so_far)

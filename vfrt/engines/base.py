@@ -8,13 +8,20 @@ An engine owns the networks on a device and offers three things:
   view with K references; ``ViewDenoiser.run(x_T, step_noise)`` runs the S interpolated
   DDIM steps on the one shared latent and returns it.
 * ``decode(z) -> image``: VAE decode of a latent, clamped to [-1, 1].
+
+Two engines implement it: :class:`vfrt.engines.reference.ReferenceEngine` (the original's op
+order, the yardstick) and :class:`vfrt.engines.fast.FastEngine` (exact identities over executors
+of the network specs; docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from vfrt.engines.config import ResolvedEngineConfig
 
 
 @dataclass
@@ -24,19 +31,19 @@ class ViewEncoding:
     Attributes:
         clip: (1, D) float32 CLIP image embedding.
         latent: (1, 4, h, w) float32 VAE posterior mean (not scaled by the scale factor).
-        extra: backend-specific cached tensors (e.g. the fast engine's first-conv share).
     """
 
     clip: torch.Tensor
     latent: torch.Tensor
-    extra: dict | None = None
 
 
 class ViewDenoiser(Protocol):
     """Runs the interpolated DDIM loop for one target view (bound references and weights)."""
 
-    def run(self, x_T: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:
-        """x_T: (1, 4, h, w); step_noise: (S, K, 4, h, w) per-reference draws (exact mode).
+    def run(self, x_T: torch.Tensor, step_noise: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T: (1, 4, h, w); step_noise: (S, K, 4, h, w) per-reference draws ((S, 1, ...): one draw shared
+        by all references), or None to draw on the device from ``generator`` (not replayable).
 
         Returns the final shared latent z_0, (1, 4, h, w) float32.
         """
@@ -46,6 +53,16 @@ class ViewDenoiser(Protocol):
 class Engine(Protocol):
     name: str
     device: torch.device
+    config: "ResolvedEngineConfig"
+
+    def describe(self) -> dict:
+        """The engine's resolved choices, JSON-friendly (run.json, benchmarks, `vfrt doctor`)."""
+        ...
+
+    def prepare(self, views_so_far: int) -> None:
+        """Re-apply the workload policy (:meth:`vfrt.engines.config.EngineConfig.resolve`) before a
+        generation; ``views_so_far`` counts the views generated or planned by the process."""
+        ...
 
     def encode_view(self, image: torch.Tensor) -> ViewEncoding:
         """image: (1, 3, H, W) float32 in [-1, 1]."""

@@ -24,9 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vfrt.engines.triton_support import INTERPRET as _INTERPRET
-from vfrt.engines.triton_support import tl, triton
-from vfrt.engines.triton_support import triton_kernels_available as conv_triton_available
+from vfrt.engines.triton_support import INTERPRET, tl, triton, triton_kernels_available
 
 
 if triton is not None:
@@ -103,7 +101,7 @@ if triton is not None:
 MAX_OUTPUT_PIXELS = 64   # h' x w' up to which a convolution may take the kernel (8x8; 16x16 measured slower)
 
 
-def _config_for(M: int, c_in: int, k: int, hw_out: int) -> tuple[int, int, int, int, int, int] | None:
+def config_for(M: int, c_in: int, k: int, hw_out: int) -> tuple[int, int, int, int, int, int] | None:
     """(BM, BN, BK, SPLIT, warps, stages) for a convolution with M = rows x h' x w' output pixels, or None for cuDNN.
 
     From timing 1-11 split factors x 18 tile shapes at every UNet convolution with <= 16x16 outputs and
@@ -124,15 +122,16 @@ def _config_for(M: int, c_in: int, k: int, hw_out: int) -> tuple[int, int, int, 
     return None
 
 
-def may_use_triton(c_in: int, k: int, hw_out: int) -> bool:
+def may_use_triton(c_in: int, k: int, hw_out: int, interpreted: bool = INTERPRET) -> bool:
     """Whether :func:`conv2d_small` can ever pick the Triton kernel for this convolution (at some row count).
 
     Only such convolutions are worth routing through the op: for the others it would call cuDNN from
-    inside an opaque op, which costs Inductor its own handling of the convolution.
+    inside an opaque op, which costs Inductor its own handling of the convolution. ``interpreted``: the
+    kernels run under Triton's CPU interpreter (the tests), where every eligible shape takes the kernel.
     """
-    if _INTERPRET:   # the CPU tests' tiny models: every small-output convolution with C_in % 16 == 0
+    if interpreted:   # the CPU tests' tiny models: every small-output convolution with C_in % 16 == 0
         return c_in % 16 == 0 and hw_out <= MAX_OUTPUT_PIXELS
-    return _config_for(1, c_in, k, hw_out) is not None
+    return config_for(1, c_in, k, hw_out) is not None
 
 
 def supports(x_shape, weight_shape, stride: int, padding: int) -> bool:
@@ -175,10 +174,10 @@ def conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if M == 0:
         return y.permute(0, 3, 1, 2)
     if config is None:
-        if _INTERPRET:  # the interpreter runs tile by tile: few, large tiles keep the CPU tests quick
+        if INTERPRET:  # the interpreter runs tile by tile: few, large tiles keep the CPU tests quick
             config = (64, 64, next(bk for bk in (64, 32, 16) if c % bk == 0), 2, 4, 1)
         else:
-            config = _config_for(M, c, k, ho * wo) or (64, 64, 64, 1, 4, 3)
+            config = config_for(M, c, k, ho * wo) or (64, 64, 64, 1, 4, 3)
             if c % config[2]:
                 config = (*config[:2], next(bk for bk in (64, 32, 16) if c % bk == 0), *config[3:])
     bm, bn, bk, split, warps, stages = config
@@ -200,15 +199,15 @@ def conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _use_triton(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
-    if triton is None or not conv_triton_available(x.device) or not supports(x.shape, weight.shape, stride, padding):
+    if triton is None or not triton_kernels_available(x.device) or not supports(x.shape, weight.shape, stride, padding):
         return False
-    if _INTERPRET:
+    if INTERPRET:
         return x.shape[1] % 16 == 0
     b, c, h, w = x.shape
     k = weight.shape[-1]
     ho = (h + 2 * padding - k) // stride + 1
     wo = (w + 2 * padding - k) // stride + 1
-    return _config_for(b * ho * wo, c, k, ho * wo) is not None
+    return config_for(b * ho * wo, c, k, ho * wo) is not None
 
 
 @torch.library.custom_op("vfrt::conv2d_small", mutates_args=())

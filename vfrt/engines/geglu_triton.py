@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from vfrt.engines.triton_support import INTERPRET as _INTERPRET
-from vfrt.engines.triton_support import tl, triton
-from vfrt.engines.triton_support import triton_kernels_available as geglu_available  # noqa: F401 - re-exported
+from vfrt.engines.triton_support import INTERPRET, tl, triton
 
 
 if triton is not None:
@@ -86,7 +84,7 @@ if triton is not None:
 # (BM, BN, BK, warps, stages) by problem size, from timing every candidate configuration at the 36-view
 # orbit's shapes on the H100 (benchmarks/profile_step.py --geglu; docs/PERF.md run 6). A fixed table
 # instead of Triton's autotuner: autotuning each new row count cost ~3 s at the first step of a new K.
-def _config_for(M: int, K: int) -> tuple[int, int, int, int, int]:
+def config_for(M: int, K: int) -> tuple[int, int, int, int, int]:
     if M <= 256:
         return 64, 64, 64, 4, 4
     if K >= 1280 and 512 < M <= 1024:
@@ -102,7 +100,9 @@ def geglu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     return a * torch.nn.functional.gelu(g)
 
 
-def _geglu_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def geglu_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+    """Launch the kernel: ``config`` (BM, BN, BK, warps, stages) overrides the fixed table (for sweeps)."""
     K = x.shape[-1]
     N2 = weight.shape[0]
     if N2 % 2 or weight.shape[1] != K or bias.shape != (N2,):
@@ -118,10 +118,12 @@ def _geglu_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0:
         return y.reshape(*x.shape[:-1], N)
-    if _INTERPRET:  # the interpreter runs tiles one by one: small tiles keep the CPU tests quick
+    if config is not None:
+        bm, bn, bk, warps, stages = config
+    elif INTERPRET:  # the interpreter runs tiles one by one: small tiles keep the CPU tests quick
         bm, bn, bk, warps, stages = 32, 32, 32, 4, 1
     else:
-        bm, bn, bk, warps, stages = _config_for(M, K)
+        bm, bn, bk, warps, stages = config_for(M, K)
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _geglu_kernel[grid](x2, w, b, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=bm, BN=bn, BK=bk,
                         GROUP_M=8, EVEN_K=K % bk == 0, num_warps=warps, num_stages=stages,
@@ -140,7 +142,7 @@ def geglu_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     """
     if triton is None:
         raise RuntimeError("the fused GEGLU kernel needs Triton (pip install 'vfrt[triton]')")
-    return _geglu_launch(x, weight, bias)
+    return geglu_launch(x, weight, bias)
 
 
 @geglu_projection.register_fake

@@ -12,14 +12,27 @@ from typing import Sequence
 import torch
 
 from vfrt.engines.base import ViewEncoding, ddim_update
+from vfrt.engines.config import ResolvedEngineConfig
 
 
 class ReferenceEngine:
+    """fp32 eager engine around a loaded Zero123 (moved to ``config.device``; its weights are not copied)."""
+
     name = "reference"
 
-    def __init__(self, model, device="cpu"):
-        self.device = torch.device(device)
+    def __init__(self, model, config: ResolvedEngineConfig):
+        if config.backend != "reference":
+            raise ValueError(f"ReferenceEngine needs a config resolved for backend 'reference', got {config.backend!r}")
+        self.config = config
+        self.device = config.device
         self.model = model.to(self.device).float().eval()
+
+    def describe(self) -> dict:
+        """Resolved choices (JSON-friendly)."""
+        return self.config.summary()
+
+    def prepare(self, views_so_far: int) -> None:
+        """Nothing to re-decide: the reference engine has one way to run."""
 
     @torch.no_grad()
     def encode_view(self, image: torch.Tensor) -> ViewEncoding:
@@ -83,8 +96,14 @@ class _ReferenceDenoiser:
                              noise.to(self.device, torch.float32).expand(self.K, *x.shape[1:]))
         return (x_prev * self.weights).sum(dim=0, keepdim=True)
 
-    def run(self, x_T: torch.Tensor, step_noise: torch.Tensor) -> torch.Tensor:
+    def run(self, x_T: torch.Tensor, step_noise: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """See :class:`vfrt.engines.base.ViewDenoiser`; without ``step_noise`` the K draws per step come from
+        ``generator`` on the engine's device."""
         x = x_T.to(self.device, torch.float32)
+        if step_noise is None:
+            step_noise = torch.randn((len(self.timesteps), self.K, *x.shape[1:]), device=self.device,
+                                     generator=generator)
         for i in range(len(self.timesteps)):
             x = self.step(x, i, step_noise[i])
         # the original decodes samples.mean(0) of K identical rows

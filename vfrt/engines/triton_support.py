@@ -5,9 +5,7 @@ does on machines without a GPU) runs the kernels on the CPU through Triton's int
 """
 from __future__ import annotations
 
-import os
-
-import torch
+from vfrt.hardware import triton_interpreted, triton_runs_on
 
 try:
     import triton
@@ -16,12 +14,7 @@ except ImportError:  # pragma: no cover - exercised only where Triton is missing
     triton = None
     tl = None
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_kernels_available(device: torch.device | str) -> bool:
-    """True where the engines' Triton kernels can run: CUDA with Triton, or the CPU under the interpreter."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or INTERPRET
+#: read once at import, as Triton itself does
+INTERPRET = triton_interpreted()
+triton_kernels_available = triton_runs_on   # where the engines' kernels can run (CUDA, or the CPU interpreted)
 

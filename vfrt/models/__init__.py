@@ -4,11 +4,12 @@ This package imports nothing else from ``vfrt``.
 """
 from __future__ import annotations
 
-from .checkpoint import load_state_dict_file, load_zero123
 from .clip import CLIPVisionTower, clip_preprocess
 from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
 from .diffusers_format import load_zero123_diffusers
 from .errors import CheckpointError
+from .loading import load_zero123
+from .state_dict import load_state_dict_file
 from .testing import TinyCheckpoint, tiny_config, write_tiny_checkpoint
 from .unet import UNet, timestep_embedding
 from .vae import AutoencoderKL

@@ -18,13 +18,12 @@ prefix in the checkpoint           goes to
 Pickles run code when loaded: ``.ckpt`` files are read with ``torch.load(weights_only=True)``
 and only an explicit ``trust_checkpoint=True`` allows a full unpickle.
 
-diffusers-format folders (``unet/``, ``vae/``, ``image_encoder/``, ``clip_camera_projection/``)
-are handed to :mod:`vfrt.models.diffusers_format`.
+Reading the file is :mod:`.state_dict`'s job; :func:`vfrt.models.load_zero123` (:mod:`.loading`)
+chooses between this loader and the diffusers-folder one.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -34,28 +33,19 @@ from torch import nn
 from .clip import CLIPVisionTower
 from .config import ScheduleConfig, Zero123Config
 from .errors import CheckpointError
+from .state_dict import PREFIXES, fmt_shape, load_state_dict_file, mismatch_report
 from .zero123 import Zero123
 
 __all__ = [
-    "CheckpointError",
-    "load_zero123",
-    "load_state_dict_file",
+    "load_original_checkpoint",
     "split_original_state_dict",
     "to_original_state_dict",
     "ema_key",
-    "PREFIXES",
     "SCHEDULE_BUFFERS",
 ]
 
 log = logging.getLogger(__name__)
 
-# Zero123 sub-module -> prefix of its tensors in the original LatentDiffusion state dict.
-PREFIXES: dict[str, str] = {
-    "unet": "model.diffusion_model.",
-    "vae": "first_stage_model.",
-    "clip": "cond_stage_model.model.visual.",
-    "cc_projection": "cc_projection.",
-}
 EMA_PREFIX = "model_ema."
 EMA_META = ("decay", "num_updates")
 # Buffers of ldm DDPM.register_schedule (+ logvar / lvlb_weights / scale_factor in some versions).
@@ -88,7 +78,6 @@ _CLIP_TEXT_SCALARS = frozenset(
 # Training-only VAE loss weights (LPIPS / discriminator) that some first stages carry.
 _VAE_LOSS_PREFIX = "first_stage_model.loss."
 _SCHEDULE_ATOL = 1e-6
-_MAX_LISTED = 8
 
 
 def ema_key(unet_param_name: str) -> str:
@@ -97,80 +86,6 @@ def ema_key(unet_param_name: str) -> str:
     (ldm ``LitEma`` keeps the DiffusionWrapper's parameter names with the dots removed.)
     """
     return EMA_PREFIX + ("diffusion_model." + unet_param_name).replace(".", "")
-
-
-def load_state_dict_file(path: Union[str, Path], trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Read a flat ``name -> tensor`` state dict from a ``.ckpt``/``.pt``/``.pth`` pickle or ``.safetensors``.
-
-    Lightning checkpoints are unwrapped (``obj["state_dict"]``); other top-level entries
-    (``optimizer_states``, ``global_step`` ...) are dropped.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: unreadable file, a pickle that needs more than tensors (unless
-            ``trust_checkpoint``), or no state dict inside.
-    """
-    path = Path(path)
-    if path.is_dir():  # diffusers folder: converted to the original names (see diffusers_format)
-        from .diffusers_format import diffusers_folder_to_original
-
-        return diffusers_folder_to_original(path, trust_checkpoint=trust_checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
-    else:
-        obj = _torch_load(path, trust_checkpoint)
-    return _unwrap_state_dict(obj, path)
-
-
-def _torch_load(path: Path, trust_checkpoint: bool):
-    try:
-        return _load_maybe_mmap(path, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not trust_checkpoint:
-            raise CheckpointError(
-                f"{path} contains Python objects besides tensors, and unpickling them can run arbitrary code. "
-                "It was not loaded. If you trust the file, pass trust_checkpoint=True (CLI: --trust-checkpoint), "
-                f"or convert it to .safetensors. (torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
-            ) from exc
-        log.warning("loading %s with a full unpickle (trust_checkpoint=True)", path)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    try:
-        return _load_maybe_mmap(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - anything an arbitrary pickle raises
-        raise CheckpointError(f"cannot unpickle checkpoint {path}: {exc}") from exc
-
-
-def _load_maybe_mmap(path: Path, weights_only: bool):
-    """torch.load, memory-mapped when the file allows it (zip format): a 15 GB checkpoint then stays
-    in the page cache instead of being copied into RAM next to the model being filled from it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) file
-
-
-def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path} holds no state dict (expected a mapping of names to tensors)")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            f"{path}: {len(bad)} state-dict entries are not tensors, e.g. {[str(k) for k in bad[:_MAX_LISTED]]}"
-        )
-    return dict(obj)
 
 
 def split_original_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -281,25 +196,7 @@ def _resolve_config(config: Union[None, str, Path, Zero123Config]) -> tuple[Zero
     raise TypeError(f"config must be None, a YAML path or a Zero123Config, got {type(config).__name__}")
 
 
-def _fmt_shape(t) -> str:
-    return str(tuple(t.shape) if hasattr(t, "shape") else tuple(t))
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = "\n".join(f"    {s}" for s in items[:_MAX_LISTED])
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {len(items)} {title}:\n{shown}{more}"
-
-
-def mismatch_report(missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
-    """One readable block naming the first few missing / unexpected / mis-shaped tensors ("" if none)."""
-    parts = [_listing(title, items) for title, items in (("missing tensors", missing),
-                                                         ("unexpected tensors", unexpected),
-                                                         ("tensors with the wrong shape", mis_shaped)) if items]
-    return "\n".join(parts)
-
-
-def load_zero123(
+def load_original_checkpoint(
     path: Union[str, Path],
     config: Union[None, str, Path, Zero123Config] = None,
     *,
@@ -308,104 +205,32 @@ def load_zero123(
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Zero123:
-    """Load an original Zero123 checkpoint into a :class:`Zero123` (eval mode, no grads).
+    """Load an original Zero123 ``.ckpt`` / ``.safetensors`` into a :class:`Zero123` (eval mode, no grads).
 
-    Args:
-        path: ``.ckpt`` (Lightning or bare state dict) or ``.safetensors``; a directory is read
-            as a diffusers folder by :func:`~vfrt.models.diffusers_format.load_zero123_diffusers`
-            (``config`` must then be ``None``; ``use_ema`` has no effect).
-        config: ``None`` (Zero123 full size), a path to the original ldm YAML, or a
-            :class:`Zero123Config`. The CLIP tower is always inferred from the weights.
-        trust_checkpoint: allow a full (code-executing) unpickle when the ``.ckpt`` holds
-            more than tensors.
-        use_ema: put the ``model_ema`` weights into the UNet when present (the original
-            samples inside ``ema_scope()``); ignored if the YAML says ``use_ema: false``.
-        device, dtype: where and in which precision to put the model.
+    See :func:`vfrt.models.load_zero123` for the arguments. The CLIP tower is inferred from the weights;
+    the UNet gets the ``model_ema`` weights when ``use_ema`` and the checkpoint has them.
 
     Raises:
-        CheckpointError: one error listing all missing, unexpected and mis-shaped tensors,
-            or schedule buffers that disagree with the configured schedule.
+        CheckpointError: one error listing all missing, unexpected and mis-shaped tensors, or schedule
+            buffers that disagree with the configured schedule.
     """
-    if Path(path).is_dir():
-        from .diffusers_format import is_diffusers_folder, load_zero123_diffusers
-
-        if not is_diffusers_folder(path):
-            raise CheckpointError(
-                f"{path} is a directory but not a diffusers folder (no model_index.json or unet/config.json); "
-                "pass a diffusers Zero123 folder, the original .ckpt or a .safetensors file"
-            )
-        if config is not None:
-            raise CheckpointError(
-                f"{path} is a diffusers folder, which carries its own config (unet/config.json ...); "
-                "do not pass config=... (CLI: --config) with it"
-            )
-        if use_ema:
-            log.info("%s: diffusers folders hold one set of UNet weights; use_ema has no effect", path)
-        return load_zero123_diffusers(path, device=device, dtype=dtype, trust_checkpoint=trust_checkpoint)
     cfg, defaulted = _resolve_config(config)
-    sd = load_state_dict_file(path, trust_checkpoint=trust_checkpoint)
-    groups = split_original_state_dict(sd)
-    hint = (
-        "\n  The checkpoint does not match the default (full-size Zero123) config; pass the model's "
-        "original YAML as config=... (CLI: --config)."
-        if defaulted
-        else ""
-    )
-
-    if not groups["clip"]:
-        raise CheckpointError(
-            f"{path}: no CLIP image tower ({PREFIXES['clip']}*) in the checkpoint; is this a Zero123 checkpoint?"
-        )
-    try:
-        clip_cfg = CLIPVisionTower.config_from_state_dict(groups["clip"])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot infer the CLIP tower: {exc}") from exc
-    # The ldm YAML does not describe the CLIP tower; only an explicit Zero123Config can disagree.
-    if not defaulted and cfg.clip is not None and cfg.clip != clip_cfg:
-        raise CheckpointError(f"{path}: the checkpoint's CLIP tower is {clip_cfg}, the config says {cfg.clip}")
-    cfg = cfg.with_clip(clip_cfg)
-
+    groups = split_original_state_dict(load_state_dict_file(path, trust_checkpoint=trust_checkpoint))
+    hint = ("\n  The checkpoint does not match the default (full-size Zero123) config; pass the model's original "
+            "YAML as config=... (CLI: --config)." if defaulted else "")
+    cfg = cfg.with_clip(_clip_config(groups, path, cfg, defaulted))
     try:
         with torch.device("meta"):
             model = Zero123(cfg)
     except ValueError as exc:  # e.g. head counts that do not divide the channels
         raise CheckpointError(f"{path}: cannot build the configured model: {exc}{hint}") from exc
 
+    flat, missing, unexpected, mis_shaped = _module_weights(model, groups)
     apply_ema = use_ema and cfg.use_ema and bool(groups["ema"])
-    missing: list[str] = []
-    mis_shaped: list[str] = []
-    unexpected: list[str] = list(groups["unexpected"])
-    flat: dict[str, torch.Tensor] = {}
-    for module, prefix in PREFIXES.items():
-        got = groups[module]
-        expected = getattr(model, module).state_dict()
-        for name, ref in expected.items():
-            if name not in got:
-                missing.append(prefix + name)
-            elif got[name].shape != ref.shape:
-                mis_shaped.append(f"{prefix}{name}: expected {_fmt_shape(ref)}, got {_fmt_shape(got[name])}")
-            else:
-                flat[f"{module}.{name}"] = got[name]
-        unexpected.extend(prefix + name for name in got if name not in expected)
-
-    ema_values: dict[str, torch.Tensor] = {}
     if apply_ema:
-        name_map = _ema_name_map(model.unet)
-        unet_params = dict(model.unet.named_parameters())
-        for key, tensor in groups["ema"].items():
-            pname = name_map.get(key)
-            if pname is None:
-                unexpected.append(EMA_PREFIX + key)
-            elif tensor.shape != unet_params[pname].shape:
-                mis_shaped.append(
-                    f"{EMA_PREFIX}{key} (EMA of unet {pname}): expected {_fmt_shape(unet_params[pname])}, "
-                    f"got {_fmt_shape(tensor)}"
-                )
-            else:
-                ema_values[pname] = tensor
-        missing.extend(
-            f"{EMA_PREFIX}{k} (EMA of unet {p})" for k, p in name_map.items() if k not in groups["ema"]
-        )
+        ema, ema_problems = _ema_weights(model.unet, groups["ema"])
+        for kind, items in zip((missing, unexpected, mis_shaped), ema_problems):
+            kind.extend(items)
     elif groups["ema"]:
         log.info("ignoring %d EMA tensors (use_ema=False)", len(groups["ema"]))
 
@@ -415,15 +240,11 @@ def load_zero123(
     sched_problems = _check_schedule(groups["schedule"], cfg.schedule)
     if sched_problems:
         raise CheckpointError(
-            f"{path}: schedule buffers disagree with the config:\n"
-            + "\n".join(f"  {p}" for p in sched_problems)
-            + (hint if defaulted else "\n  Check linear_start / linear_end / timesteps in the YAML.")
-        )
-
+            f"{path}: schedule buffers disagree with the config:\n" + "\n".join(f"  {p}" for p in sched_problems)
+            + (hint if defaulted else "\n  Check linear_start / linear_end / timesteps in the YAML."))
     if apply_ema:
-        for pname, tensor in ema_values.items():
-            flat["unet." + pname] = tensor
-        log.info("using EMA weights for the UNet (%d tensors)", len(ema_values))
+        flat.update({"unet." + name: tensor for name, tensor in ema.items()})
+        log.info("using EMA weights for the UNet (%d tensors)", len(ema))
     elif use_ema and cfg.use_ema:
         log.info("no EMA weights in %s; using the raw UNet weights", path)
 
@@ -433,3 +254,52 @@ def load_zero123(
     model.requires_grad_(False)
     return model
 
+
+def _clip_config(groups, path, cfg: Zero123Config, defaulted: bool):
+    """The CLIP tower's config, inferred from its weights (the ldm YAML does not describe it)."""
+    if not groups["clip"]:
+        raise CheckpointError(
+            f"{path}: no CLIP image tower ({PREFIXES['clip']}*) in the checkpoint; is this a Zero123 checkpoint?")
+    try:
+        clip_cfg = CLIPVisionTower.config_from_state_dict(groups["clip"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot infer the CLIP tower: {exc}") from exc
+    if not defaulted and cfg.clip is not None and cfg.clip != clip_cfg:  # only an explicit Zero123Config can disagree
+        raise CheckpointError(f"{path}: the checkpoint's CLIP tower is {clip_cfg}, the config says {cfg.clip}")
+    return clip_cfg
+
+
+def _module_weights(model: Zero123, groups):
+    """``{"unet.x": tensor, ...}`` for every module tensor, and the missing / unexpected / mis-shaped names."""
+    missing, mis_shaped, unexpected = [], [], list(groups["unexpected"])
+    flat: dict[str, torch.Tensor] = {}
+    for module, prefix in PREFIXES.items():
+        got = groups[module]
+        expected = getattr(model, module).state_dict()
+        for name, ref in expected.items():
+            if name not in got:
+                missing.append(prefix + name)
+            elif got[name].shape != ref.shape:
+                mis_shaped.append(f"{prefix}{name}: expected {fmt_shape(ref)}, got {fmt_shape(got[name])}")
+            else:
+                flat[f"{module}.{name}"] = got[name]
+        unexpected.extend(prefix + name for name in got if name not in expected)
+    return flat, missing, unexpected, mis_shaped
+
+
+def _ema_weights(unet: nn.Module, ema_group: Mapping[str, torch.Tensor]):
+    """UNet parameter name -> EMA tensor, and the (missing, unexpected, mis-shaped) EMA names."""
+    name_map = _ema_name_map(unet)
+    params = dict(unet.named_parameters())
+    values, unexpected, mis_shaped = {}, [], []
+    for key, tensor in ema_group.items():
+        pname = name_map.get(key)
+        if pname is None:
+            unexpected.append(EMA_PREFIX + key)
+        elif tensor.shape != params[pname].shape:
+            mis_shaped.append(f"{EMA_PREFIX}{key} (EMA of unet {pname}): expected {fmt_shape(params[pname])}, "
+                              f"got {fmt_shape(tensor)}")
+        else:
+            values[pname] = tensor
+    missing = [f"{EMA_PREFIX}{k} (EMA of unet {p})" for k, p in name_map.items() if k not in ema_group]
+    return values, (missing, unexpected, mis_shaped)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import PREFIXES, load_state_dict_file, mismatch_report
+from .state_dict import PREFIXES, load_state_dict_file, mismatch_report
 from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
 from .errors import CheckpointError
 from .zero123 import Zero123

@@ -15,10 +15,14 @@ import statistics
 import time
 from datetime import datetime, timezone
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
+from vfrt.engines.config import EngineConfig
 from vfrt.runtime.poses import plan_orbit
+from vfrt.runtime.sampler import SamplerConfig
 from vfrt.runtime.schedule import make_ddim_schedule
 
 log = logging.getLogger(__name__)
@@ -58,60 +62,56 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, ref_repeats: int = 5,
-                  orbit: bool = True, fidelity: bool = True, dtype: str = "float16", channels_last: bool = True,
-                  reference: bool = True, device: str = "cuda", compile: bool | None = None,
-                  gemm_conv_max_pixels: int = 0, k_buckets: tuple[int, ...] | None = None,
-                  fused_geglu: bool | None = None, triton_conv: bool | None = None) -> dict:
-    """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers)."""
-    from vfrt.engines.fast import FastEngine
-    from vfrt.engines.reference import ReferenceEngine
+def run_benchmark(model, engine: EngineConfig, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30,
+                  ref_repeats: int = 5, orbit: bool = True, fidelity: bool = True, reference: bool = True) -> dict:
+    """Run the benchmark; ``model`` is a CPU :class:`Zero123` (full size for meaningful numbers), ``engine``
+    the fast engine's choices (backend "fast" on a CUDA device; unset choices resolve as for a long run)."""
+    from vfrt.engines import create_engine
     from vfrt.runtime.pipeline import Pipeline
     if not torch.cuda.is_available():
         raise RuntimeError("the benchmark needs a CUDA GPU")
-    dev = torch.device(device)
+    engine = replace(engine, backend="fast", expected_views=engine.expected_views or 10 ** 6)
+    choices = engine.resolve()
+    dev = choices.device
+    if dev.type != "cuda":
+        raise RuntimeError("the benchmark needs a CUDA device")
     size = int(model.config.unet.image_size) * 8
     sched = make_ddim_schedule(75, 1.0)
     gen = torch.Generator().manual_seed(0)
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "python": platform.python_version(),
-           "image_size": size, "dtype": dtype, "channels_last": channels_last,
-           "unet_params": sum(p.numel() for p in model.unet.parameters()), "steps_per_view": sched.num_steps}
+           "image_size": size, "unet_params": sum(p.numel() for p in model.unet.parameters()),
+           "steps_per_view": sched.num_steps}
 
     # ---------------------------------------------------------------- fast engine
     torch.cuda.reset_peak_memory_stats(dev)
     torch.cuda.empty_cache()
-    fast = FastEngine(model, device=dev, dtype=dtype, channels_last=channels_last, compile=compile,
-                      gemm_conv_max_pixels=gemm_conv_max_pixels, k_buckets=k_buckets, fused_geglu=fused_geglu,
-                      triton_conv=triton_conv)
-    res["k_buckets"] = fast.k_buckets
-    res["fused_geglu"] = fast.unet.fused_geglu
-    res["triton_conv"] = fast.unet.triton_conv
-    res["gemm_conv_max_pixels"] = fast.unet.gemm_conv_max_pixels
+    fast = create_engine(model, engine)
+    res.update(fast.describe())
     res["fast_weights_gb"] = torch.cuda.memory_allocated(dev) / 1e9
     fast_ms, fast_eager_ms = {}, {}
+    steps = fast.step_cache
     for K in ks:
         den, _ = bind_random_view(fast, K, size, sched, gen)
         x = torch.randn((1, 4, size // 8, size // 8), generator=gen)
         noise = torch.randn((sched.num_steps, K, 4, size // 8, size // 8), generator=gen)
-        g = fast.step_graph(K, True, sched.num_steps, tuple(x.shape[1:]), tuple(den.h0.shape))
-        g.load(den, x.to(dev), den.combined_noise(noise, tuple(x.shape[1:])))
+        steps.load(den.view, x.to(dev), den.noise_bar(noise, tuple(x.shape[1:])))
         t0 = time.perf_counter()
-        g.capture()
+        steps.capture()
         torch.cuda.synchronize(dev)
         res.setdefault("fast_first_capture_s", time.perf_counter() - t0)  # includes compiling, when compiled
 
         def replay():
-            g.step_idx.zero_()
-            g.graph.replay()
+            steps.rewind()
+            steps.replay(1)
         fast_ms[K] = _median_ms(replay, repeats)
 
         def eager():
-            g.step_idx.zero_()
-            g.body()
+            steps.rewind()
+            steps.step_eager()
         fast_eager_ms[K] = _median_ms(eager, max(5, repeats // 3))
         log.info("fast K=%d: graph %.2f ms, eager %.2f ms", K, fast_ms[K], fast_eager_ms[K])
-    res["compile"] = fast.unet.compiled  # after the first forward: False if compiling failed
+    res["unet_compiled"] = fast.describe()["unet_compiled"]  # after the first forward: False if compiling failed
     res["fast_step_ms"] = fast_ms
     res["fast_eager_step_ms"] = fast_eager_ms
 
@@ -120,12 +120,12 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
         pipe = Pipeline.from_engine(fast, model.config)
         img = torch.rand((1, 3, size, size), generator=gen) * 2 - 1
         torch.cuda.reset_peak_memory_stats(dev)
-        fast._graphs.clear()
+        steps.clear()
         t0 = time.perf_counter()
-        pipe.orbit(img, views=36, preprocess=False, seed=1)
+        pipe.orbit(img, views=36, preprocess=False, sampler=SamplerConfig(seed=1))
         res["fast_orbit_cold_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = pipe.orbit(img, views=36, preprocess=False, seed=1)
+        out = pipe.orbit(img, views=36, preprocess=False, sampler=SamplerConfig(seed=1))
         res["fast_orbit_warm_s"] = time.perf_counter() - t0
         res["fast_orbit_peak_allocated_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
         res["fast_orbit_peak_reserved_gb"] = torch.cuda.max_memory_reserved(dev) / 1e9
@@ -151,10 +151,10 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
             img = torch.rand((1, 3, size, size), generator=g2) * 2 - 1
             fidelity_inputs = img
             pipe_f = Pipeline.from_engine(fast, model.config)
-            fast_first = pipe_f.orbit(img, views=36, generate=2, preprocess=False, seed=3)
-        del fast
+            fast_first = pipe_f.orbit(img, views=36, generate=2, preprocess=False, sampler=SamplerConfig(seed=3))
+        del fast, steps
         torch.cuda.empty_cache()
-        ref = ReferenceEngine(model, device=dev)
+        ref = create_engine(model, EngineConfig(backend="reference", device=str(dev)))
         ref_ms = {}
         for K in ks:
             den, _ = bind_random_view(ref, K, size, sched, gen)
@@ -178,9 +178,9 @@ def run_benchmark(model, *, ks=(1, 2, 4, 8, 12, 16, 20, 25), repeats: int = 30, 
 
 def format_table(res: dict) -> str:
     lines = [f"GPU: {res['gpu']}  torch {res['torch']}  {res['image_size']}px  dtype {res['dtype']}  "
-             f"channels_last={res['channels_last']}  compile={res['compile']}  "
-             f"fused_geglu={res.get('fused_geglu')}  triton_conv={res.get('triton_conv')}  "
-             f"gemm_conv_max_pixels={res.get('gemm_conv_max_pixels')}",
+             f"channels_last={res['channels_last']}  compile={res.get('unet_compiled', res.get('compile'))}  "
+             f"attention={res.get('attention')}  fused_geglu={res.get('fused_geglu')}  "
+             f"triton_conv={res.get('triton_conv')}",
              # "no graph": the same (compiled, when compile=True) step launched from Python, without the CUDA graph
              f"{'K':>4} {'reference ms':>13} {'fast no-graph ms':>17} {'fast graph ms':>14} {'speed-up':>9}"]
     for K, f in res["fast_step_ms"].items():

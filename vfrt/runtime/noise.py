@@ -139,8 +139,12 @@ class NoiseSource:
                 raise NoiseBankError(f"noise bank view {v}: step noise {tuple(b.step_noise[v].shape)}, x_T "
                                      f"{tuple(b.x_T[v].shape)}; the run needs {want} and {(1, *latent_shape)}")
 
-    def view(self, v: int, K: int, num_steps: int, latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draws for generated view v: x_T (1, C, h, w) and step noise (S, K, C, h, w), float32 CPU."""
+    def view(self, v: int, K: int, num_steps: int,
+             latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draws for generated view v: x_T (1, C, h, w) and step noise (S, K, C, h, w), float32 CPU.
+
+        ``K = 0``: x_T only (the step noise is drawn on the device: the sampler's "fast" noise mode).
+        """
         if self._bank is not None:
             if v >= self._bank.num_views:
                 raise NoiseBankError(f"noise bank has no view {v}")
@@ -153,4 +157,4 @@ class NoiseSource:
             steps = torch.randn((num_steps, K, *latent_shape), generator=self._gen, dtype=torch.float32)
         self.recorded.x_T.append(x_T.numpy().copy())
         self.recorded.step_noise.append(steps.numpy().copy())
-        return x_T, steps
+        return x_T, (steps if K else None)

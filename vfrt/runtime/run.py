@@ -28,9 +28,10 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
-from vfrt import __version__
+from vfrt.version import __version__
 from vfrt.runtime.noise import NoiseBank
 from vfrt.runtime.preprocess import to_uint8
+from vfrt.runtime.sampler import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,18 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's output (validated on construction)."""
+    """Everything that determines a run's output besides the image and the weights (validated on construction).
+
+    Attributes:
+        mode: "orbit", "single" (one target pose) or "multi" (several input views).
+        views: N of an orbit, input included (>= 2).
+        generate: stop an orbit after this many generated views (None: all N - 1).
+        delta_polar, delta_azimuth, delta_radius: single mode's target pose (degrees; radius in model units).
+        elevation: the input camera's elevation above the horizon (degrees, -90..90), for the cameras.
+        preprocess: Zero123's crop / recentre of the input.
+        extra_inputs: multi mode: (path, polar, azimuth, radius) of each extra input view, degrees.
+        sampler: the sampler settings (steps, eta, guidance, temperatures, seed, noise mode).
+    """
 
     mode: Mode = "orbit"
     views: int = 36
@@ -51,18 +63,10 @@ class RunConfig:
     delta_polar: float = 0.0
     delta_azimuth: float = 0.0
     delta_radius: float = 0.0
-    steps: int = 75
-    eta: float = 1.0
-    guidance: float = 3.0
-    inference_temp: float = 0.5
-    auto_temp: float = 0.5
-    seed: int = 0
-    preprocess: bool = True
     elevation: float = 30.0
-    #: one step-noise draw shared by all references (ViewFusion's real-image script)
-    shared_noise: bool = False
-    #: multi mode: (path, polar, azimuth, radius) of each extra input view, degrees
+    preprocess: bool = True
     extra_inputs: tuple[tuple[str, float, float, float], ...] = field(default_factory=tuple)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self):
         if self.mode not in ("orbit", "single", "multi"):
@@ -71,21 +75,22 @@ class RunConfig:
             raise ValueError(f"views must be >= 2, got {self.views}")
         if self.generate is not None and not 1 <= self.generate <= self.views - 1:
             raise ValueError(f"generate must be in [1, {self.views - 1}], got {self.generate}")
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        from vfrt.runtime.schedule import ddim_timesteps
-        ddim_timesteps(self.steps)  # raises for counts the original discretisation cannot run
-        for name in ("eta", "guidance", "delta_polar", "delta_azimuth", "delta_radius", "elevation"):
+        for name in ("delta_polar", "delta_azimuth", "delta_radius", "elevation"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
-        if self.eta < 0 or self.guidance < 0:
-            raise ValueError("eta and guidance must be >= 0")
-        if self.inference_temp <= 0 or self.auto_temp <= 0:
-            raise ValueError("inference_temp and auto_temp must be > 0")
         if self.mode == "single" and self.delta_polar == 0 and self.delta_azimuth == 0 and self.delta_radius == 0:
             raise ValueError("single mode needs a target pose: give --polar, --azimuth and/or --radius")
         if self.mode == "multi" and not self.extra_inputs:
             raise ValueError("multi mode needs at least one extra input view")
+
+    @property
+    def generated_views(self) -> int:
+        """How many views the run generates."""
+        if self.mode == "single":
+            from vfrt.runtime.poses import plan_single
+            return len(plan_single(math.radians(self.delta_polar), math.radians(self.delta_azimuth),
+                                   self.delta_radius))
+        return self.generate or self.views - 1
 
 
 def _sha256(path: Path) -> str:
@@ -151,20 +156,15 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
         if on_view is not None:
             on_view(v + 1, total)
 
-    common = dict(steps=cfg.steps, eta=cfg.eta, guidance=cfg.guidance, inference_temp=cfg.inference_temp,
-                  auto_temp=cfg.auto_temp, seed=cfg.seed, noise=noise, preprocess=cfg.preprocess,
-                  on_view=save_view, resume=done, shared_noise=cfg.shared_noise)
+    common = dict(sampler=cfg.sampler, noise=noise, preprocess=cfg.preprocess, on_view=save_view, resume=done)
+    total = cfg.generated_views
     t0 = time.perf_counter()
     if cfg.mode == "orbit":
-        total = cfg.generate or cfg.views - 1
         result = pipe.orbit(image, views=cfg.views, generate=cfg.generate, **common)
     elif cfg.mode == "single":
-        from vfrt.runtime.poses import plan_single
-        total = len(plan_single(math.radians(cfg.delta_polar), math.radians(cfg.delta_azimuth), cfg.delta_radius))
         result = pipe.single(image, delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
                              delta_radius=cfg.delta_radius, **common)
     else:
-        total = cfg.generate or cfg.views - 1
         images = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
         poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
         result = pipe.multi_view(images, poses, views=cfg.views, generate=cfg.generate, **common)
@@ -172,6 +172,7 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
 
     _write_outputs(partial, result, cfg)
     meta = {"fingerprint": fingerprint, "complete": True, "vfrt_version": __version__, "seconds": round(seconds, 3),
+            "engine": result.engine,
             "generated_views": [{"generation_index": v, "pose_deg": [math.degrees(result.poses[v][0]),
                                                                      math.degrees(result.poses[v][1]),
                                                                      float(result.poses[v][2])],
@@ -189,7 +190,8 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
 def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
     views = folder / "views"
     views.mkdir(exist_ok=True)
-    result.noise.save(folder / "noise.npz")
+    if result.noise is not None:      # "fast" noise mode: drawn on the device, nothing to replay
+        result.noise.save(folder / "noise.npz")
     if cfg.mode == "single":
         _save_png(views / "input.png", result.inputs[0])
         for v, im in enumerate(result.images):
