@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from vfrt.runtime.segment import SEGMENT_METHODS
+
 # --compile's automatic choice: on the H100 compiling pays off after ~2 orbits in one process with a
 # warm Inductor cache and ~3-4 with an empty one (docs/PERF.md, "Cold start"), so it is on for runs
 # that generate this many views.
@@ -58,6 +60,10 @@ def _parse_extra(values) -> tuple:
               help="One step-noise draw shared by all references (ViewFusion's real-image script) "
                    "instead of one per reference.")
 @click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
+@click.option("--segment", type=click.Choice(SEGMENT_METHODS), default="auto", show_default=True,
+              help="How to find the object in a photo without alpha: rembg (needs rembg and its model on disk), "
+                   "OpenCV GrabCut, or none (non-white pixels); auto = rembg when usable, else GrabCut. "
+                   "Photos with alpha use it.")
 @click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True)
@@ -74,8 +80,8 @@ def _parse_extra(values) -> tuple:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
-        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, shared_noise, no_preprocess, elevation,
-        device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
+        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, shared_noise, no_preprocess, segment,
+        elevation, device, backend, dtype, noise_mode, compile_unet, out, overwrite, no_resume):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
@@ -94,7 +100,7 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
                         delta_radius=radius, steps=steps, eta=eta, guidance=guidance, inference_temp=inference_temp,
                         auto_temp=auto_temp if auto_temp is not None else (1.0 if extras else 0.5), seed=seed,
                         preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
-                        shared_noise=shared_noise)
+                        shared_noise=shared_noise, segment=segment)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
