@@ -85,3 +85,5 @@ def write_mp4(path: Path, frames: Sequence[np.ndarray], fps: float = 1000 / FRAM
         writer.close()
     except Exception as exc:
         raise MediaError(f"could not write {path.name} with {imageio_ffmpeg.get_ffmpeg_exe()}: {exc}") from exc
+    if not path.is_file() or path.stat().st_size == 0:      # ffmpeg can fail without the writer raising
+        raise MediaError(f"could not write {path.name}: {imageio_ffmpeg.get_ffmpeg_exe()} produced no file")

@@ -21,6 +21,7 @@ docs/SEGMENTATION.md.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -85,7 +86,11 @@ def rembg_status() -> tuple[bool, str]:
     return True, f"rembg with {path}"
 
 
-_rembg_session = None
+@functools.lru_cache(maxsize=1)
+def rembg_session():
+    """rembg's ONNX Runtime session for REMBG_MODEL, made once per process (loading takes seconds)."""
+    from rembg import new_session
+    return new_session(REMBG_MODEL)
 
 
 def rembg_mask(rgb8: np.ndarray) -> np.ndarray:
@@ -93,12 +98,12 @@ def rembg_mask(rgb8: np.ndarray) -> np.ndarray:
     usable, why = rembg_status()
     if not usable:
         raise SegmentationError(why)
-    global _rembg_session
     from PIL import Image
-    from rembg import new_session, remove
-    if _rembg_session is None:         # one ONNX Runtime session per process (loading it takes seconds)
-        _rembg_session = new_session(REMBG_MODEL)
-    matte = remove(Image.fromarray(rgb8), session=_rembg_session, only_mask=True)
+    try:
+        from rembg import remove
+        matte = remove(Image.fromarray(rgb8), session=rembg_session(), only_mask=True)
+    except Exception as exc:   # e.g. a model file whose checksum rembg rejects makes it try a download
+        raise SegmentationError(f"rembg failed ({type(exc).__name__}: {exc}); use segment 'grabcut'") from exc
     return np.asarray(matte.convert("L")) > 127
 
 
@@ -201,11 +206,16 @@ def segment(rgb8: np.ndarray, method: SegmentMethod = "auto") -> Segmentation:
     if method == "none" and not has_white_background(rgb8):
         log.warning("the image has no alpha channel and its background is not white, and segmentation is off: "
                     "Zero123 expects the object on white - results will suffer")
+    mask = None
     if used == "rembg":
-        mask = rembg_mask(rgb8)
-    elif used == "grabcut":
-        mask = grabcut_mask(rgb8)
-    else:
-        mask = non_white_mask(rgb8)
+        try:
+            mask = rembg_mask(rgb8)
+        except SegmentationError as exc:
+            if method != "auto":
+                raise
+            log.warning("%s - falling back to GrabCut", exc)
+            used = "grabcut"
+    if mask is None:
+        mask = grabcut_mask(rgb8) if used == "grabcut" else non_white_mask(rgb8)
     log.info("no alpha channel: found the object with %s (%.1f %% of the image)", used, 100.0 * mask.mean())
     return Segmentation(mask=mask, method=used)
