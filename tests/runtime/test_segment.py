@@ -148,7 +148,7 @@ def test_rembg_not_installed(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else real(name, *a))
-    assert seg.rembg_status() == (False, "rembg is not installed (pip install rembg)")
+    assert seg.rembg_status() == (False, "rembg is not installed (pip install 'vfrt[segment]')")
 
 
 def test_bad_arguments():

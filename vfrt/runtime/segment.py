@@ -79,7 +79,7 @@ def rembg_status() -> tuple[bool, str]:
     """(usable, why): rembg is usable when it is installed and its model file already exists."""
     import importlib.util
     if importlib.util.find_spec("rembg") is None:
-        return False, "rembg is not installed (pip install rembg)"
+        return False, "rembg is not installed (pip install 'vfrt[segment]')"
     path = rembg_model_path()
     if not path.is_file():
         return False, f"rembg is installed but its model {path} is missing (vfrt never downloads it)"
