@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -75,6 +76,14 @@ def _per_photo(rows: list[dict], method: str, backgrounds: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="Folder of RGBA cut-outs (*.png).")
@@ -102,7 +111,7 @@ def main(argv=None) -> None:
     print(text)
     result = {"command": " ".join(["python", "benchmarks/segmentation_iou.py"] + (argv or sys.argv[1:])),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip(),
+              "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}",
               "python": platform.python_version(), "rembg": why, "seeds": args.seeds, "rows": rows}
     args.out.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.out}")
