@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -47,12 +48,27 @@ def test_orbit_run_writes_a_complete_folder(tiny_checkpoint, photo, tmp_path):
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8"))
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "views").iterdir()) == [f"{i:03d}.png" for i in range(8)]
-    for name in ("transforms.json", "cameras.json", "grid.png", "noise.npz", "run.json"):
+    for name in ("transforms.json", "cameras.json", "grid.png", "noise.npz", "run.json", "orbit.gif", "orbit.mp4",
+                 "input.png", "mask.png", "inputs/0_object.png"):
         assert (out / name).is_file(), name
+    assert (out / "inputs" / "0_object.png").read_bytes() == photo.read_bytes()
+    # input.png is exactly the model input; mask.png the photo's alpha mask at its own size
+    from vfrt.runtime.preprocess import load_image
+    assert torch.equal(load_image(out / "input.png", preprocess=False), load_image(photo, size=64))
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (80, 80) and np.array_equal(mask > 0, np.asarray(Image.open(photo))[..., 3] > 127)
+    # grid: 8 labelled views, 6 to a row; the gif and mp4 hold the 8 orbit views
+    grid = Image.open(out / "grid.png")
+    assert grid.width == 6 * 64 and grid.height > 2 * 64
+    with Image.open(out / "orbit.gif") as gif:
+        assert gif.n_frames == 8
+    import imageio_ffmpeg
+    assert sum(1 for _ in imageio_ffmpeg.read_frames(str(out / "orbit.mp4"))) == 1 + 8
     tf = json.loads((out / "transforms.json").read_text())
     assert len(tf["frames"]) == 8 and tf["frames"][1]["file_path"] == "views/001.png"
     meta = json.loads((out / "run.json").read_text())
     assert meta["complete"] and len(meta["generated_views"]) == 7
+    assert meta["segmentation"] == "alpha" and meta["inputs"][0]["file"] == "inputs/0_object.png"
     assert not (tmp_path / "orbit.partial").exists()
     # replaying the saved noise bank reproduces the views exactly
     res2 = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "again", "--views", "8", "--seed", "9",
@@ -73,6 +89,53 @@ def test_single_mode_outputs(tiny_checkpoint, photo, tmp_path):
                                         "--azimuth", "25"))
     assert res.exit_code == 0, res.output
     assert (out / "target.png").is_file() and (out / "views" / "step_03.png").is_file()
+    cams = json.loads((out / "cameras.json").read_text())["views"]
+    grid = Image.open(out / "grid.png")          # input + each step, labelled: one row of 8 at most
+    assert grid.width == min(8, 1 + len(cams)) * 64 and grid.height > 64
+    assert (out / "input.png").is_file() and not (out / "orbit.gif").exists()
+
+
+def test_multi_input_run_copies_and_segments_every_input(tiny_checkpoint, photo, tmp_path):
+    """An --extra-input photo without alpha, on a coloured background: segmented (GrabCut here),
+    copied into inputs/, its model input and mask saved, and shown at the end of the grid."""
+    side = tmp_path / "side.jpg"
+    rgb = np.full((72, 96, 3), (60, 90, 160), np.uint8)
+    rgb[20:56, 30:70] = (230, 200, 40)
+    Image.fromarray(rgb).save(side, quality=95)
+    out = tmp_path / "multi"
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "4", "--segment", "grabcut",
+                                        "--extra-input", f"{side}@0,180"))
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "run.json").read_text())
+    assert [i["segmentation"] for i in meta["inputs"]] == ["alpha", "grabcut"]
+    assert meta["inputs"][1]["pose_deg"] == [0.0, 180.0, 0.0]
+    assert meta["fingerprint"]["config"]["segment"] == "grabcut"
+    assert (out / "inputs" / "1_side.jpg").read_bytes() == side.read_bytes()
+    mask = np.asarray(Image.open(out / "inputs" / "1_side.mask.png")) > 0
+    ys, xs = np.nonzero(mask)
+    box = np.array([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
+    assert np.abs(box - [20, 56, 30, 70]).max() <= 1          # the object, give or take JPEG's edge ringing
+    model_input = np.asarray(Image.open(out / "inputs" / "1_side.input.png"))
+    assert (model_input[0, 0] == 255).all()              # background replaced by white
+    grid = Image.open(out / "grid.png")
+    assert grid.width == 5 * 64                           # 4 orbit views + the extra input
+
+
+def test_unwritable_outputs_keep_the_views_and_a_rerun_finishes(tiny_checkpoint, photo, tmp_path, monkeypatch):
+    import vfrt.runtime.run as run_module
+    from vfrt.runtime.media import MediaError, write_mp4
+
+    def broken(path, frames):
+        raise MediaError("could not write orbit.mp4: ffmpeg exploded")
+    monkeypatch.setattr(run_module, "write_mp4", broken)
+    out = tmp_path / "media"
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "4"))
+    assert res.exit_code != 0 and "ffmpeg exploded" in res.output and "Traceback" not in res.output
+    assert not out.exists() and len(list((tmp_path / "media.partial" / "generated").glob("v*.npy"))) == 3
+    monkeypatch.setattr(run_module, "write_mp4", write_mp4)
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "4"))
+    assert res.exit_code == 0, res.output
+    assert (out / "orbit.mp4").is_file() and not (tmp_path / "media.partial").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_model, photo, tmp_path):
@@ -125,6 +188,7 @@ def test_out_of_memory_keeps_the_finished_views_and_says_what_to_lower(tiny_chec
     (["--extra-input", "x"], "PATH@POLAR"),
     (["--steps", "1"], "steps must be"),
     (["--steps", "3"], "not usable with the original DDIM"),
+    (["--segment", "magic"], "Invalid value for '--segment'"),
 ])
 def test_bad_arguments_are_reported(tiny_checkpoint, photo, tmp_path, extra, message):
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "bad", *extra))

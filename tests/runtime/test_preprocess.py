@@ -1,4 +1,4 @@
-"""Image loading and Zero123-style preprocessing on the real RGBA photos in shared/data."""
+"""Image loading and Zero123-style preprocessing, on real RGBA photos bundled in tests/data."""
 from pathlib import Path
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vfrt.runtime.preprocess import ImageInputError, foreground_mask, load_image, to_uint8
+from vfrt.runtime.preprocess import ImageInputError, PreparedImage, find_foreground, load_image, prepare_image, to_uint8
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_images"
-PHOTOS = sorted(DATA.glob("*.png")) if DATA.is_dir() else []
+# downsized copies of ViewFusion's real_images (Apache-2.0; tests/data/real_images/README.md)
+PHOTOS = sorted((Path(__file__).resolve().parents[1] / "data" / "real_images").glob("*.png"))
 
 
 def _synthetic_rgba(size=96):
@@ -40,18 +40,37 @@ def test_preprocess_crops_and_centres_the_object():
     assert abs((xs.min() + xs.max()) / 2 - 31.5) <= 1 and abs((ys.min() + ys.max()) / 2 - 31.5) <= 1
 
 
-@pytest.mark.skipif(not PHOTOS, reason="shared/data/real_images not present")
-@pytest.mark.parametrize("path", PHOTOS[:4], ids=lambda p: p.name)
+def test_the_bundled_photos_are_there():
+    assert len(PHOTOS) == 3      # a clean clone runs the real-photo tests too
+
+
+@pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
 def test_white_background_mask_recovers_the_alpha_mask(path):
     rgba = np.asarray(Image.open(path).convert("RGBA")).astype(np.float32) / 255.0
-    alpha_mask = foreground_mask(rgba)
+    found = find_foreground(rgba, "grabcut")
+    assert found.method == "alpha"          # a usable alpha wins over any segmentation choice
     white = rgba.copy()
     white[..., :3] = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
     white[..., 3] = 1.0
-    est = foreground_mask(white)
-    iou = (est & alpha_mask).sum() / (est | alpha_mask).sum()
-    assert iou > 0.85
+    for method in ("none", "grabcut"):
+        est = find_foreground(white, method)
+        assert est.method == {"none": "non-white", "grabcut": "grabcut"}[method]
+        iou = (est.mask & found.mask).sum() / (est.mask | found.mask).sum()
+        assert iou > 0.9, (method, iou)
     assert load_image(path, size=256).shape == (1, 3, 256, 256)
+
+
+def test_a_prepared_image_passes_through_load_image_unchanged():
+    prepared = prepare_image(PHOTOS[0], size=64)
+    assert prepared.method == "alpha" and prepared.mask.shape == (256, 256)
+    assert load_image(prepared, size=64) is prepared.tensor
+    # input_uint8 gives the preprocessed pixels exactly: reading them back is the same model input
+    again = load_image(prepared.input_uint8(), preprocess=False)
+    assert torch.equal(again, prepared.tensor)
+    with pytest.raises(ImageInputError, match="the model needs 128"):
+        load_image(prepared, size=128)
+    assert isinstance(prepare_image(PHOTOS[0], preprocess=False), PreparedImage)
+    assert prepare_image(PHOTOS[0], preprocess=False).mask is None
 
 
 def test_bad_inputs_have_clear_errors(tmp_path):
@@ -89,9 +108,18 @@ def test_exif_orientation_and_16_bit_images(tmp_path):
     assert t.shape == (1, 3, 64, 64) and float(t.std()) > 0.1
 
 
-def test_non_white_background_without_alpha_warns(caplog):
-    img = np.full((32, 32, 3), 40, np.uint8)
-    img[10:20, 10:20] = 200
+def test_non_white_background_without_alpha_is_segmented_or_warned_about(caplog):
+    img = np.full((48, 48, 3), 40, np.uint8)
+    img[14:34, 16:30] = (200, 120, 30)
+    with caplog.at_level("INFO", logger="vfrt"):
+        prepared = prepare_image(img, size=64, segment="grabcut")
+    assert prepared.method == "grabcut" and "found the object with grabcut" in caplog.text
+    ys, xs = np.nonzero(prepared.mask)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (14, 33, 16, 29)
+    corners = prepared.tensor[0, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert torch.all(corners == 1.0)                # background replaced by white
+    caplog.clear()
     with caplog.at_level("WARNING"):
-        load_image(img, size=64)
+        prepared = prepare_image(img, size=64, segment="none")
+    assert prepared.method == "non-white" and prepared.mask.all()     # the old behaviour: all of it
     assert "background is not white" in caplog.text

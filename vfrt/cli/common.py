@@ -25,19 +25,25 @@ To try the tool without weights, make a tiny random checkpoint (its views are no
   vfrt make-test-checkpoint /tmp/vfrt-tiny && vfrt run IMAGE --checkpoint /tmp/vfrt-tiny/tiny.ckpt --config /tmp/vfrt-tiny/tiny.yaml"""
 
 
+def checkpoint_candidates(path: str | None = None) -> list[Path]:
+    """Where to look, in order: ``path`` if given, else ``$VFRT_CHECKPOINT`` if set, else the defaults."""
+    given = path or os.environ.get("VFRT_CHECKPOINT")
+    return [Path(given).expanduser()] if given else list(DEFAULT_CHECKPOINT_PATHS)
+
+
+def find_checkpoint(path: str | None = None) -> Path | None:
+    """The checkpoint `vfrt run` would use (a file, or a diffusers folder when named), or None."""
+    return next((p for p in checkpoint_candidates(path) if p.exists()), None)
+
+
 def resolve_checkpoint(path: str | None) -> Path:
     """The checkpoint to use, or a ClickException explaining where to get one."""
-    if path:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise click.ClickException(f"checkpoint not found: {p}\n\n{MISSING_WEIGHTS}")
-        return p
-    env = os.environ.get("VFRT_CHECKPOINT")
-    if env:
-        return resolve_checkpoint(env)
-    for p in DEFAULT_CHECKPOINT_PATHS:
-        if p.is_file():
-            return p
+    found = find_checkpoint(path)
+    if found is not None:
+        return found
+    given = path or os.environ.get("VFRT_CHECKPOINT")
+    if given:
+        raise click.ClickException(f"checkpoint not found: {Path(given).expanduser()}\n\n{MISSING_WEIGHTS}")
     raise click.ClickException(MISSING_WEIGHTS)
 
 

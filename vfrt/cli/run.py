@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from vfrt.engines.config import COMPILE_MIN_VIEWS
+from vfrt.runtime.segment import SEGMENT_METHODS
 
 
 def _parse_extra(values) -> tuple:
@@ -53,6 +54,10 @@ def _parse_extra(values) -> tuple:
                    "the references (ViewFusion's real-image script); fast: the same distribution drawn on the "
                    "device, not replayable.")
 @click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
+@click.option("--segment", type=click.Choice(SEGMENT_METHODS), default="auto", show_default=True,
+              help="How to find the object in a photo without alpha: rembg (needs rembg and its model on disk), "
+                   "OpenCV GrabCut, or none (non-white pixels); auto = rembg when usable, else GrabCut. "
+                   "Photos with alpha use it.")
 @click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True,
@@ -69,7 +74,7 @@ def _parse_extra(values) -> tuple:
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
-        elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
+        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
@@ -92,7 +97,7 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
                                          **({} if auto_temp is None else {"auto_temp": auto_temp}))
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
-                        sampler=sampler)
+                        sampler=sampler, segment=segment)
         engine = EngineConfig(backend=backend, device=device, dtype=dtype, compile=compile_unet,
                               expected_views=len(images) * cfg.generated_views)
         engine.resolve()     # a bad device or precision stops here, before any weights load

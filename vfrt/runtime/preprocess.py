@@ -6,26 +6,32 @@ Accepted inputs: a path, a PIL image, a uint8 (H, W, 3|4) array, or a float tens
 * ``preprocess=False``: the pixels as given; RGBA is composited on white. The size must be a
   multiple of 8.
 * ``preprocess=True`` (Zero123's ``load_and_preprocess`` recipe): foreground from the alpha
-  channel (alpha > 127), or - without a usable alpha - from the non-white background; composite
-  on white, crop to the foreground's bounding box, fit it into 200/256 of the frame (Lanczos) and
-  centre it on a white square of the model's resolution.
+  channel (alpha > 127), or - without a usable alpha - found by :mod:`vfrt.runtime.segment`
+  (``segment``: rembg, GrabCut, or just the non-white pixels); composite on white, crop to the
+  foreground's bounding box, fit it into 200/256 of the frame (Lanczos) and centre it on a white
+  square of the model's resolution.
+
+:func:`prepare_image` returns the model input with the mask and the method that found it (what
+``vfrt run`` saves as ``input.png`` / ``mask.png``); :func:`load_image` returns just the tensor
+and passes a :class:`PreparedImage` through unchanged, so a prepared photo can go to the Pipeline.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from vfrt.runtime.segment import Segmentation, SegmentMethod, UsedMethod, segment as segment_photo
+
 log = logging.getLogger(__name__)
 
 #: Zero123 fits the object into a 200 px box of a 256 px frame.
 OBJECT_FRACTION = 200 / 256
-#: a pixel is background when all channels are at least this bright (0..255), for images without alpha.
-WHITE_THRESHOLD = 245
 
 
 class ImageInputError(ValueError):
@@ -80,39 +86,68 @@ def _composite_white(rgba: np.ndarray) -> np.ndarray:
     return rgba[..., :3] * a + (1.0 - a)
 
 
-def foreground_mask(rgba: np.ndarray) -> np.ndarray:
-    """(H, W) bool foreground: alpha > 0.5 when the alpha channel is informative, else non-white pixels."""
+def find_foreground(rgba: np.ndarray, method: SegmentMethod = "auto") -> Segmentation:
+    """(H, W, 4) float in [0, 1] -> the object's (H, W) bool mask and how it was found.
+
+    A usable alpha channel (any pixel not opaque) is the mask (alpha > 0.5) whatever ``method``
+    says; otherwise :func:`vfrt.runtime.segment.segment` finds the object with ``method``.
+    """
     alpha = rgba[..., 3]
     if alpha.min() < 0.999:
-        return alpha > 127.0 / 255.0
-    rgb8 = np.round(rgba[..., :3] * 255.0)
-    fg = (rgb8 < WHITE_THRESHOLD).any(axis=2)
-    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
-    if border.mean() > 0.5:
-        log.warning("the image has no alpha channel and its background is not white: Zero123 expects the "
-                    "object on white (remove the background, e.g. save an RGBA cut-out) - results will suffer")
-    return fg
+        return Segmentation(mask=alpha > 127.0 / 255.0, method="alpha")
+    return segment_photo(np.round(rgba[..., :3] * 255.0).astype(np.uint8), method)
 
 
-def load_image(image, size: int | None = None, preprocess: bool = True) -> torch.Tensor:
-    """Return the model input, (1, 3, H, W) float32 in [-1, 1].
+@dataclass(frozen=True)
+class PreparedImage:
+    """A photo turned into the model's input.
+
+    Attributes:
+        tensor: (1, 3, H, W) float32 in [-1, 1], exactly what the model is given.
+        mask: (h, w) bool foreground on the photo as given (its own resolution); None without
+            preprocessing.
+        method: how ``mask`` was found ("alpha", "rembg", "grabcut", "non-white"); None without
+            preprocessing.
+    """
+
+    tensor: torch.Tensor
+    mask: np.ndarray | None = None
+    method: UsedMethod | None = None
+
+    def input_uint8(self) -> np.ndarray:
+        """(H, W, 3) uint8 of the model input (rounded: the preprocessed pixels exactly)."""
+        rgb = (self.tensor[0].numpy().transpose(1, 2, 0) + 1.0) / 2.0
+        return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def prepare_image(image, size: int | None = None, preprocess: bool = True,
+                  segment: SegmentMethod = "auto") -> PreparedImage:
+    """The model input of ``image`` with its foreground mask (see the module docstring).
 
     Args:
         size: output side length when ``preprocess`` is True (the model's resolution, 256 for
             Zero123). Ignored when ``preprocess`` is False.
+        segment: how to find the object in a photo without alpha (``auto``, ``rembg``,
+            ``grabcut``, ``none``); a photo with a usable alpha always uses it.
     """
+    if isinstance(image, PreparedImage):
+        if preprocess and size is not None and image.tensor.shape[-1] != size:
+            raise ImageInputError(f"the prepared image is {image.tensor.shape[-1]} px, the model needs {size}")
+        return image
     rgba = _to_rgba_float(image)
     if not preprocess:
         h, w = rgba.shape[:2]
         if h % 8 or w % 8:
             raise ImageInputError(f"image size {w}x{h} is not a multiple of 8; resize it or use preprocess=True")
         rgb = _composite_white(rgba)
-        return torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None] * 2.0 - 1.0
+        return PreparedImage(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None] * 2.0 - 1.0)
     if size is None or size % 8:
         raise ImageInputError(f"preprocess needs an output size that is a multiple of 8, got {size}")
-    mask = foreground_mask(rgba)
+    found = find_foreground(rgba, segment)
+    mask = found.mask
     if not mask.any():
-        raise ImageInputError("no foreground found: the image is fully transparent or plain white")
+        raise ImageInputError("no foreground found: the image is fully transparent or plain white"
+                              + ("" if found.method == "alpha" else f" (segmentation: {found.method})"))
     rgb = _composite_white(rgba)
     rgb[~mask] = 1.0
     ys, xs = np.nonzero(mask)
@@ -123,7 +158,13 @@ def load_image(image, size: int | None = None, preprocess: bool = True) -> torch
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     arr = np.asarray(canvas).astype(np.float32) / 255.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())[None] * 2.0 - 1.0
+    return PreparedImage(torch.from_numpy(arr.transpose(2, 0, 1).copy())[None] * 2.0 - 1.0, mask, found.method)
+
+
+def load_image(image, size: int | None = None, preprocess: bool = True,
+               segment: SegmentMethod = "auto") -> torch.Tensor:
+    """Return the model input, (1, 3, H, W) float32 in [-1, 1] (:func:`prepare_image`'s tensor)."""
+    return prepare_image(image, size, preprocess, segment).tensor
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -5,11 +5,19 @@ Layout of a finished orbit folder ``OUT/``::
 
     views/000.png ... views/NNN.png   orbit order: 000 = the input, view i at azimuth i*360/N
     transforms.json, cameras.json     SPEC §8 cameras (nerfstudio / OpenCV), for `vfrt recon`
-    grid.png, orbit.gif               contact sheet and turntable animation (gif needs imageio)
+    grid.png                          contact sheet, each view labelled with its angles
+    orbit.gif, orbit.mp4              turntable animations (imageio, imageio-ffmpeg's own ffmpeg)
+    input.png, mask.png               the model input (preprocessed, on white) and the object mask
+                                      found in the photo (at the photo's resolution; see
+                                      vfrt/runtime/segment.py), when preprocessing
+    inputs/                           copies of the input photos as given (0_<name> = IMAGE); each
+                                      --extra-input also gets <i>_<stem>.input.png / .mask.png
     noise.npz                         the noise bank: `--noise OUT/noise.npz` reproduces the run
-    run.json                          parameters, timings, references and weights per view
+    run.json                          parameters, timings, inputs (with the segmentation method),
+                                      references and weights per view
 
-Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead.
+Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead
+of the orbit views, cameras and animations.
 While running, everything goes to ``OUT.partial/`` (with each generated view as exact float32
 ``.npy`` for resuming); the folder is renamed to ``OUT`` only when complete.
 """
@@ -28,10 +36,12 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
-from vfrt.version import __version__
+from vfrt.runtime.media import MediaError, contact_sheet, write_gif, write_mp4
 from vfrt.runtime.noise import NoiseBank
-from vfrt.runtime.preprocess import to_uint8
+from vfrt.runtime.preprocess import PreparedImage, prepare_image, to_uint8
 from vfrt.runtime.sampler import SamplerConfig
+from vfrt.runtime.segment import SEGMENT_METHODS, SegmentMethod, rembg_status
+from vfrt.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,8 @@ class RunConfig:
     preprocess: bool = True
     extra_inputs: tuple[tuple[str, float, float, float], ...] = field(default_factory=tuple)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    #: how to find the object in photos without alpha (vfrt/runtime/segment.py)
+    segment: SegmentMethod = "auto"
 
     def __post_init__(self):
         if self.mode not in ("orbit", "single", "multi"):
@@ -82,6 +94,10 @@ class RunConfig:
             raise ValueError("single mode needs a target pose: give --polar, --azimuth and/or --radius")
         if self.mode == "multi" and not self.extra_inputs:
             raise ValueError("multi mode needs at least one extra input view")
+        if self.segment not in SEGMENT_METHODS:
+            raise ValueError(f"segment must be one of {', '.join(SEGMENT_METHODS)}, got {self.segment!r}")
+        if self.segment == "rembg" and not rembg_status()[0]:
+            raise ValueError(f"segment 'rembg' cannot run: {rembg_status()[1]}; use auto or grabcut")
 
     @property
     def generated_views(self) -> int:
@@ -105,13 +121,10 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(to_uint8(image)).save(path)
 
 
-def _grid(images: np.ndarray, cols: int = 6) -> Image.Image:
-    n, _, h, w = images.shape
-    rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for i, im in enumerate(images):
-        sheet.paste(Image.fromarray(to_uint8(im)), ((i % cols) * w, (i // cols) * h))
-    return sheet
+def _pose_label(polar_deg: float, azimuth_deg: float, radius: float = 0.0) -> str:
+    """Grid label of a pose delta, e.g. "pol -10° az +65°" (radius only when non-zero)."""
+    text = f"pol {polar_deg:+.0f}° az {azimuth_deg:+.0f}°"
+    return text + (f" r {radius:+.2g}" if radius else "")
 
 
 def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, *, noise: NoiseBank | None = None,
@@ -127,6 +140,9 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     partial = out.with_name(out.name + ".partial")
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; choose another --out or pass --overwrite")
+    # Prepared (and segmented) before anything is written, so a bad photo leaves no folder behind.
+    photos = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
+    prepared = [prepare_image(p, pipe.resolution, cfg.preprocess, cfg.segment) for p in photos]
     fingerprint = {"config": asdict(cfg), "image_sha256": _sha256(image),
                    "noise_sha256": None if noise is None else hashlib.sha256(
                        b"".join(a.tobytes() for a in noise.x_T + noise.step_noise)).hexdigest(),
@@ -160,19 +176,24 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     total = cfg.generated_views
     t0 = time.perf_counter()
     if cfg.mode == "orbit":
-        result = pipe.orbit(image, views=cfg.views, generate=cfg.generate, **common)
+        result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, **common)
     elif cfg.mode == "single":
-        result = pipe.single(image, delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
+        result = pipe.single(prepared[0], delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
                              delta_radius=cfg.delta_radius, **common)
     else:
-        images = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
         poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
-        result = pipe.multi_view(images, poses, views=cfg.views, generate=cfg.generate, **common)
+        result = pipe.multi_view(prepared, poses, views=cfg.views, generate=cfg.generate, **common)
     seconds = time.perf_counter() - t0
 
-    _write_outputs(partial, result, cfg)
+    try:
+        inputs_meta = _write_inputs(partial, photos, prepared, cfg)
+        _write_outputs(partial, result, cfg)
+    except MediaError as exc:
+        raise RunError(f"{exc}; the generated views are kept in {partial} - run the same command again "
+                       "to retry the outputs") from exc
     meta = {"fingerprint": fingerprint, "complete": True, "vfrt_version": __version__, "seconds": round(seconds, 3),
             "engine": result.engine,
+            "segmentation": prepared[0].method, "inputs": inputs_meta,
             "generated_views": [{"generation_index": v, "pose_deg": [math.degrees(result.poses[v][0]),
                                                                      math.degrees(result.poses[v][1]),
                                                                      float(result.poses[v][2])],
@@ -187,6 +208,27 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     return out
 
 
+def _write_inputs(folder: Path, photos: list[Path], prepared: list[PreparedImage], cfg: RunConfig) -> list[dict]:
+    """Copy the input photos into ``inputs/`` and save what the model was given from each:
+    ``input.png`` / ``mask.png`` for IMAGE, ``inputs/<i>_<stem>.input.png`` / ``.mask.png`` for
+    extra input i. Returns run.json's "inputs" list."""
+    (folder / "inputs").mkdir(exist_ok=True)
+    poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
+    meta = []
+    for i, (photo, prep, pose) in enumerate(zip(photos, prepared, poses)):
+        copy = f"inputs/{i}_{photo.name}"
+        shutil.copyfile(photo, folder / copy)
+        prefix = "" if i == 0 else f"inputs/{i}_{photo.stem}."
+        entry = {"file": copy, "source": str(photo), "pose_deg": [float(x) for x in pose],
+                 "segmentation": prep.method, "model_input": f"{prefix}input.png", "mask": None}
+        Image.fromarray(prep.input_uint8()).save(folder / entry["model_input"])
+        if prep.mask is not None:
+            entry["mask"] = f"{prefix}mask.png"
+            Image.fromarray(prep.mask.astype(np.uint8) * 255).save(folder / entry["mask"])
+        meta.append(entry)
+    return meta
+
+
 def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
     views = folder / "views"
     views.mkdir(exist_ok=True)
@@ -197,24 +239,28 @@ def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
         for v, im in enumerate(result.images):
             _save_png(views / f"step_{v + 1:02d}.png", im)
         _save_png(folder / "target.png", result.images[-1])
-        _grid(np.concatenate([result.inputs[:1], result.images]), cols=8).save(folder / "grid.png")
+        labels = ["input"] + [_pose_label(math.degrees(p[0]), math.degrees(p[1]), float(p[2])) for p in result.poses]
+        contact_sheet([to_uint8(im) for im in np.concatenate([result.inputs[:1], result.images])],
+                      labels, cols=8).save(folder / "grid.png")
         (folder / "cameras.json").write_text(json.dumps({
             "convention": "pose deltas relative to the input view (polar, azimuth in degrees, radius)",
             "views": [{"file": f"views/step_{v + 1:02d}.png",
                        "delta_polar_deg": math.degrees(p[0]), "delta_azimuth_deg": math.degrees(p[1]),
                        "delta_radius": float(p[2])} for v, p in enumerate(result.poses)]}, indent=2))
         return
-    orbit = result.orbit_images()
-    names = [f"views/{i:03d}.png" for i in range(len(orbit))]
-    for name, im in zip(names, orbit):
-        _save_png(folder / name, im)
-    _grid(orbit).save(folder / "grid.png")
+    frames = [to_uint8(im) for im in result.orbit_images()]
+    names = [f"views/{i:03d}.png" for i in range(len(frames))]
+    for name, frame in zip(names, frames):
+        Image.fromarray(frame).save(folder / name)
+    labels = [f"az {a:.0f}°" for a in np.degrees(result.orbit_azimuths())]
+    labels[0] = "input, az 0°"
+    # multi mode: the extra input views (as the model saw them) close the sheet, with their poses
+    extra = [to_uint8(im) for im in result.inputs[1:]]
+    labels += [f"input {i}: " + _pose_label(p, a, r) for i, (_, p, a, r) in enumerate(cfg.extra_inputs, start=1)]
+    contact_sheet(frames + extra, labels).save(folder / "grid.png")
     _write_cameras(folder, result, cfg, names)
-    try:
-        import imageio.v2 as imageio
-        imageio.mimsave(folder / "orbit.gif", [to_uint8(im) for im in orbit], duration=0.08, loop=0)
-    except ImportError:
-        log.info("imageio not installed: no orbit.gif")
+    write_gif(folder / "orbit.gif", frames)
+    write_mp4(folder / "orbit.mp4", frames)
 
 
 def _write_cameras(folder: Path, result, cfg: RunConfig, names: list[str]) -> None:

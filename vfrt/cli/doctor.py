@@ -1,0 +1,179 @@
+"""``vfrt doctor``: what this installation can do - versions, GPU, optional extras, weights.
+
+Each check is a small function returning :class:`Row` s; :data:`CHECKS` lists them in print
+order, so a later feature adds its row by appending one function. :func:`run_checks` runs
+them so that one failing check becomes an ``error`` row instead of stopping the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Literal
+
+import click
+
+Status = Literal["ok", "missing", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: what was checked, how it stands, and the detail a user acts on."""
+
+    name: str
+    status: Status
+    detail: str
+
+
+Check = Callable[[], "list[Row]"]
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def module_version(module: str) -> str | None:
+    """Version of the installed distribution providing top-level ``module``; None when absent.
+
+    Looks the module up without importing it (importing ray or gradio takes seconds)."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for dist in _distributions().get(module, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "installed"
+
+
+def _extra(name: str, modules: tuple[str, ...], hint: str, any_of: bool = False) -> Row:
+    """A row for an optional extra: ok when all (or, with ``any_of``, one) of ``modules`` are there."""
+    found = {m: module_version(m) for m in modules}
+    present = [f"{m} {v}" for m, v in found.items() if v is not None]
+    missing = [m for m, v in found.items() if v is None]
+    ok = bool(present) if any_of else not missing
+    if ok:
+        return Row(name, "ok", ", ".join(present))
+    return Row(name, "missing", f"{' or '.join(missing) if any_of else ', '.join(missing)} not installed ({hint})")
+
+
+# ------------------------------------------------------------------------------------ the checks
+def check_python() -> list[Row]:
+    from vfrt import __version__
+    return [Row("python", "ok", f"{platform.python_version()} ({sys.executable})"),
+            Row("vfrt", "ok", __version__)]
+
+
+def check_torch() -> list[Row]:
+    import torch
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+    return [Row("torch", "ok", f"{torch.__version__} ({build})")]
+
+
+def check_gpu() -> list[Row]:
+    import torch
+    if not torch.cuda.is_available():
+        return [Row("gpu", "missing", "no GPU: PyTorch sees no CUDA device (the reference backend runs on the CPU, slowly)")]
+    rows = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        rows.append(Row(f"gpu {i}", "ok", f"{props.name}, compute capability {props.major}.{props.minor} "
+                                          f"(sm_{props.major}{props.minor}), {props.total_memory / 2**30:.0f} GiB"))
+    return rows
+
+
+def check_triton() -> list[Row]:
+    try:
+        import triton
+    except Exception as exc:     # ImportError, or a broken install raising anything
+        return [Row("triton", "missing", f"not importable ({type(exc).__name__}: {exc}); the fast backend's "
+                                         "fused kernels need it (pip install triton)")]
+    return [Row("triton", "ok", triton.__version__)]
+
+
+def check_outputs() -> list[Row]:
+    """The base install's image and video writers (a broken install shows here)."""
+    row = _extra("outputs", ("cv2", "imageio", "imageio_ffmpeg"), "pip install vfrt again: they are base dependencies")
+    if row.status != "ok":
+        return [row]
+    import imageio_ffmpeg
+    return [dataclasses.replace(row, detail=f"{row.detail}; ffmpeg {imageio_ffmpeg.get_ffmpeg_exe()}")]
+
+
+def check_extras() -> list[Row]:
+    return [
+        _extra("extra: recon", ("trimesh", "skimage", "scipy"), "pip install 'vfrt[recon]'"),
+        _extra("extra: onnx", ("onnx", "onnxruntime"), "pip install 'vfrt[onnx]'"),
+        _extra("extra: tensorrt", ("tensorrt", "tensorrt_rtx"), "pip install 'vfrt[tensorrt]'", any_of=True),
+        _extra("extra: ray", ("ray",), "pip install ray"),
+        _extra("extra: serve", ("gradio", "fastapi"), "pip install gradio fastapi"),
+    ]
+
+
+def check_segmentation() -> list[Row]:
+    from vfrt.runtime.segment import auto_method, rembg_status
+    usable, why = rembg_status()
+    rembg_row = Row("rembg", "ok" if usable else "missing",
+                    f"{module_version('rembg')}, model {why.removeprefix('rembg with ')}" if usable else why)
+    auto = auto_method()
+    return [rembg_row, Row("segmentation", "ok", f"--segment auto uses {auto} for photos without alpha"
+                                                 + ("" if auto == "rembg" else " (rembg would be better)"))]
+
+
+def check_checkpoint() -> list[Row]:
+    from vfrt.cli.common import checkpoint_candidates, find_checkpoint
+    found = find_checkpoint()
+    if found is None:
+        places = ", ".join(str(p) for p in checkpoint_candidates())
+        return [Row("checkpoint", "missing", f"no Zero123 weights found (looked at {places}); `vfrt run` says "
+                                             "where to get them")]
+    size = sum(f.stat().st_size for f in found.rglob("*") if f.is_file()) if found.is_dir() else found.stat().st_size
+    return [Row("checkpoint", "ok", f"{found} ({size / 1e9:.2f} GB)")]
+
+
+#: the report, in print order; add a feature's row by appending its check
+CHECKS: list[Check] = [check_python, check_torch, check_gpu, check_triton, check_outputs, check_extras,
+                       check_segmentation, check_checkpoint]
+
+
+def run_checks(checks: list[Check] | None = None) -> list[Row]:
+    """Every check's rows (default: :data:`CHECKS`); a check that raises becomes one ``error`` row."""
+    rows = []
+    for check in CHECKS if checks is None else checks:
+        try:
+            rows.extend(check())
+        except Exception as exc:
+            name = check.__name__.removeprefix("check_")
+            rows.append(Row(name, "error", f"the check failed: {type(exc).__name__}: {exc}"))
+    return rows
+
+
+_STYLE = {"ok": "green", "missing": "yellow", "warning": "yellow", "error": "red"}
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (name, status, detail).")
+def doctor(as_json: bool) -> None:
+    """Report Python / torch / CUDA versions, the GPU, Triton, optional extras, segmentation and weights."""
+    rows = run_checks()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    table = Table(title="vfrt doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(escape(r.name), f"[{_STYLE[r.status]}]{r.status}[/]", escape(r.detail))
+    Console().print(table)
