@@ -57,8 +57,8 @@ def test_one_compile_whatever_the_callers_grad_mode(tiny_model):
     for K, grad in ((2, True), (2, False), (3, True), (4, False)):
         den, _ = bind_random_view(eng, K, size, sched, gen)
         view = den.view
-        inputs = {"x": torch.randn((1, 4, size // 8, size // 8), generator=gen), "h0": view.h0,
-                  "emb": view.emb_table[:1], "consts": view.consts}
+        inputs = {"x": torch.randn((1, 4, size // 8, size // 8), generator=gen).expand(K + 1, -1, -1, -1),
+                  "h0": view.h0, "emb": view.emb_table[:1], "consts": view.consts}
         with torch.set_grad_enabled(grad):
             out = compiled.run(inputs)["eps"]
         assert not out.requires_grad

@@ -145,8 +145,8 @@ def test_compiled_unet_with_triton_convs_matches_the_eager_one(tiny_model, image
     g = torch.Generator().manual_seed(1)
     den = eng.bind([eng.encode_view(image), eng.encode_view(-image)], torch.randn((2, 4), generator=g),
                    torch.tensor([0.6, 0.4]), make_ddim_schedule(4), 3.0)
-    inputs = {"x": torch.randn((1, 4, 8, 8), generator=g), "h0": den.view.h0, "emb": den.view.emb_table[:1],
-              "consts": den.view.consts}
+    inputs = {"x": torch.randn((1, 4, 8, 8), generator=g).expand(3, -1, -1, -1), "h0": den.view.h0,
+              "emb": den.view.emb_table[:1], "consts": den.view.consts}
     got = traced.run(inputs)["eps"]
     assert traced.compiled, "the compile fell back to eager"
     torch.testing.assert_close(got, eager.run(inputs)["eps"], atol=1e-5, rtol=1e-5)

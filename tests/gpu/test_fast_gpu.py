@@ -73,7 +73,7 @@ def test_fp16_step_eps_and_first_view_psnr_on_full_size_weights(full_model):
     unet = fast.engine.executor("unet_step")
     for i in (0, 30, 75):
         eps_r = (rden.guided_eps(x.expand(K, -1, -1, -1), int(sched.timesteps[i])) * w.cuda().view(K, 1, 1, 1)).sum(0)
-        e = unet.run({"x": x, "h0": fden.view.h0, "emb": fden.view.emb_table[i:i + 1],
+        e = unet.run({"x": x.expand(K + 1, -1, -1, -1), "h0": fden.view.h0, "emb": fden.view.emb_table[i:i + 1],
                       "consts": fden.view.consts})["eps"].float()
         eps_f = e[0] + 3.0 * ((w.cuda().view(K, 1, 1, 1) * e[1:]).sum(0) - e[0])
         rel = (eps_f - eps_r).norm() / eps_r.norm()

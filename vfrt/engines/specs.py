@@ -15,7 +15,7 @@ network            inputs -> outputs                                       dynam
 ``conditioning``   clip (R, D), pose (R, 4), latent (R, 4, h, w),          rows
                    keep (R,) f32 -> consts (R, A), h0 (R, C0, h, w)
 ``time_embedding`` timesteps (S,) i64 -> emb (S, E)                        steps
-``unet_step``      x (1, 4, h, w) f32, h0 (R, C0, h, w), emb (1, E),        rows
+``unet_step``      x (R, 4, h, w) f32, h0 (R, C0, h, w), emb (1, E),        rows
                    consts (R, A) -> eps (R, 4, h, w)
 =================  ======================================================  ===========================
 
@@ -202,7 +202,7 @@ class Networks:
                 (TensorSpec("emb", ("steps", self.time_embedding.width), dtype),), (("steps", AxisRange(1, 76, 1000)),)),
             "unet_step": NetworkSpec(
                 "unet_step",
-                (TensorSpec("x", (1, channels, lat, lat), f32), h0, TensorSpec("emb", (1, self.time_embedding.width), dtype),
+                (TensorSpec("x", ("rows", channels, lat, lat), f32), h0, TensorSpec("emb", (1, self.time_embedding.width), dtype),
                  consts),
                 (TensorSpec("eps", ("rows", channels, lat, lat), dtype),), rows),
         }

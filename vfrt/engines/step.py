@@ -2,7 +2,8 @@
 
 For a target view bound to K references (:class:`BoundView`) one step is (SPEC §3, §4, §6)::
 
-    eps          = unet_step(x, h0, emb[i], consts)                   (R = K + 1 rows, row 0 unconditional)
+    eps          = unet_step(x, h0, emb[i], consts)                   (R = K + 1 rows, row 0 unconditional;
+                                                                        x expanded to the R rows)
     e_bar        = e_u + s (sum_k w_k e_ck - e_u)                     (guidance s; without it sum_k w_k eps_k)
     x            <- c_x[i] x + c_eps[i] e_bar + sigma[i] n_bar[i]       (exact: the weights sum to 1)
 
@@ -251,7 +252,7 @@ class StepGraphCache:
         b = self._buffers
         rows = K + 1 if guided else K
         i = b["step"]
-        eps = self.unet.run({"x": b["x"], "h0": b["h0"][:rows], "emb": b["emb_table"].index_select(0, i),
+        eps = self.unet.run({"x": b["x"].expand(rows, -1, -1, -1).contiguous(), "h0": b["h0"][:rows], "emb": b["emb_table"].index_select(0, i),
                              "consts": b["consts"][:rows]})["eps"].float()
         w = b["weights"][:K].view(-1, 1, 1, 1)
         if guided:

@@ -9,9 +9,10 @@ weights' values:
   exactly 1, so ``attn2`` is ``to_out(to_v(context))``, a constant ``(R, C)`` per transformer block;
   the first convolution's share of the conditioning latent ``conv(c, W_c) + b`` does not depend on
   the noisy latent either.
-* :class:`UNetStep` - per step: all rows see the same noisy latent x, so the first convolution is
-  ``conv(x, W_x)`` on one row plus the cached share; self-attention uses fused q/k/v and
-  ``scaled_dot_product_attention``.
+* :class:`UNetStep` - per step: the first convolution is ``conv(x, W_x)`` plus the cached share
+  (the noisy latent comes per row, so rows of several objects can share one call; for one object
+  all rows carry the same x, and that conv is 0.01 % of the step's work); self-attention uses fused
+  q/k/v and ``scaled_dot_product_attention``.
 
 Row layout of a batch (``R`` rows): row 0 = the unconditional branch (zero latent, zero context)
 when guidance is used, then one row per reference. These modules are what every backend runs: the
@@ -132,7 +133,7 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 class UNetStep(nn.Module):
     """eps of every row for one denoising step.
 
-    Inputs: ``x (1, 4, h, w) float32`` the shared noisy latent; ``h0 (R, C0, h, w)`` the first-conv
+    Inputs: ``x (R, 4, h, w) float32`` each row's noisy latent; ``h0 (R, C0, h, w)`` the first-conv
     share incl. bias (:class:`Conditioning`); ``emb (1, E)`` this step's row of the
     :class:`TimeEmbedding` table; ``consts (R, A)`` the attention constants (:class:`Conditioning`).
     Output: ``eps (R, 4, h, w)`` in the UNet's dtype. Holds no state between calls.
