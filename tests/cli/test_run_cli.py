@@ -8,6 +8,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from pathlib import Path
+
 from vfrt.cli.main import cli
 from vfrt.runtime.run import RunConfig, RunError, run_to_folder
 
@@ -181,20 +183,125 @@ def test_out_of_memory_keeps_the_finished_views_and_says_what_to_lower(tiny_chec
     assert not out.exists() and (tmp_path / "oom.partial" / "generated" / "v01.npy").is_file()
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the command gets as far as loading the model."""
+    import vfrt.cli.common as common
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was noticed")
+    monkeypatch.setattr(common, "load_pipeline", refuse)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--mode", "single"], "needs a target pose"),
-    (["--views", "1"], "views must be"),
+    (["--views", "1"], "Invalid value for '--views': 1 is not in the range x>=2"),
     (["--extra-input", "nope.png@0,90"], "image not found"),
     (["--extra-input", "x"], "PATH@POLAR"),
-    (["--steps", "1"], "steps must be"),
+    (["--steps", "1"], "Invalid value for '--steps'"),
     (["--steps", "3"], "not usable with the original DDIM"),
     (["--segment", "magic"], "Invalid value for '--segment'"),
+    (["--mode", "single", "--polar", "500"], "takes the camera past a pole"),
+    (["--mode", "single", "--azimuth", "720"], "azimuth delta must be within -360..360"),
+    (["--mode", "single", "--azimuth", "30", "--radius", "2"], "radius delta must be within"),
+    (["--elevation", "200"], "Invalid value for '--elevation'"),
+    (["--generate", "40"], "generate must be in [1, 35]"),
+    (["--device", "xyz"], "unknown device 'xyz': use auto, cpu, cuda or cuda:N"),
+    (["--guidance", "-1"], "Invalid value for '--guidance'"),
 ])
-def test_bad_arguments_are_reported(tiny_checkpoint, photo, tmp_path, extra, message):
+def test_bad_arguments_exit_2_before_the_model_loads(tiny_checkpoint, photo, tmp_path, no_model_load, extra, message):
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "bad", *extra))
-    assert res.exit_code != 0 and message in res.output
-    assert "Traceback" not in res.output
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output and "device='cpu'" not in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_bad_files_are_refused_before_the_model_loads(tiny_checkpoint, photo, tmp_path, no_model_load):
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("model:\n  target: [unclosed\n")
+    res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(tiny_checkpoint.ckpt), "--config", str(broken_yaml),
+                                   "--device", "cpu", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "not valid YAML at line" in res.output and "Traceback" not in res.output
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(photo.read_bytes()[:200])
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(blank)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    for bad, message in ((truncated, "cannot read"), (blank, "foreground"), (text, "cannot read")):
+        res = CliRunner().invoke(cli, _args(tiny_checkpoint, bad, tmp_path / "o"))
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o", "--noise", str(photo)))
+    assert res.exit_code == 2 and "is not a noise bank" in res.output and "allow_pickle" not in res.output
+    (tmp_path / "exists").mkdir()
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "exists"))
+    assert res.exit_code == 2 and "already exists" in res.output
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, Path("/proc/vfrt-cannot-write")))
+    assert res.exit_code == 2 and "cannot write the output folder" in res.output and "Traceback" not in res.output
+
+
+def test_a_text_file_as_checkpoint_is_not_called_unsafe(photo, tmp_path):
+    ck = tmp_path / "notes.ckpt"
+    ck.write_text("hello!!!")
+    res = CliRunner().invoke(cli, ["run", str(photo), "-c", str(ck), "--device", "cpu", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "is not a PyTorch checkpoint" in res.output
+    assert "trust" not in res.output and "Traceback" not in res.output
+
+
+def test_the_checkpoint_message_says_where_the_path_came_from(photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFRT_CHECKPOINT", str(tmp_path / "missing.ckpt"))
+    res = CliRunner().invoke(cli, ["run", str(photo), "--device", "cpu", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "missing.ckpt (from $VFRT_CHECKPOINT)" in res.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image-size", "24"], "not a multiple of 16"),
+    (["--image-size", "-8"], "Invalid value for '--image-size'"),
+    (["--image-size", "0"], "Invalid value for '--image-size'"),
+])
+def test_make_test_checkpoint_refuses_sizes_the_model_cannot_use(tmp_path, extra, message):
+    res = CliRunner().invoke(cli, ["make-test-checkpoint", str(tmp_path / "t"), *extra])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "t").exists()
+
+
+def test_make_test_checkpoint_into_an_unwritable_place():
+    res = CliRunner().invoke(cli, ["make-test-checkpoint", "/proc/vfrt-tiny"])
+    assert res.exit_code == 1 and "cannot write into /proc/vfrt-tiny" in res.output and "Traceback" not in res.output
+
+
+def test_resuming_with_other_settings_keeps_the_finished_views(tiny_checkpoint, photo, tmp_path, monkeypatch):
+    """Ctrl-C after two views, then the same command with another seed: refused, views kept; --no-resume discards."""
+    from vfrt.runtime import run as run_module
+    real = run_module.run_to_folder
+
+    def interrupted(*a, on_view=None, **k):
+        def stop(done, total):
+            on_view(done, total)
+            if done == 2:
+                raise KeyboardInterrupt
+        return real(*a, on_view=stop, **k)
+    out = tmp_path / "o"
+    monkeypatch.setattr(run_module, "run_to_folder", interrupted)
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "6"))
+    assert res.exit_code == 1 and "interrupted" in res.output
+    monkeypatch.setattr(run_module, "run_to_folder", real)
+    views = sorted((tmp_path / "o.partial" / "generated").glob("v*.npy"))
+    assert len(views) == 2
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "6", "--seed", "7"))
+    assert res.exit_code == 2 and "2 views done" in res.output and "config.sampler.seed" in res.output
+    assert sorted((tmp_path / "o.partial" / "generated").glob("v*.npy")) == views
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "6", "--seed", "7", "--no-resume"))
+    assert res.exit_code == 0 and (out / "run.json").is_file()
+
+
+def test_redirected_output_shows_progress_lines(tiny_checkpoint, photo, tmp_path):
+    """Not a terminal: plain lines with the view count and an ETA instead of a silent hour."""
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o", "--views", "4"))
+    assert res.exit_code == 0, res.output
+    assert "loading" in res.output and "view 3/3" in res.output and "ETA" in res.output
+    quiet = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "q", "--views", "4", "-q"))
+    assert quiet.exit_code == 0 and "view 3/3" not in quiet.output and "done:" in quiet.output
 
 
 def test_corrupt_noise_bank_and_checkpoint(tiny_checkpoint, photo, tmp_path):
@@ -262,7 +369,7 @@ def test_the_run_states_its_workload_and_the_shared_policy_decides(tiny_checkpoi
     from vfrt.engines.config import compile_pays_off, cudnn_attention_pays_off
     seen = {}
 
-    def fake_load(ckpt, config, engine, trust, ema):
+    def fake_load(ckpt, config, engine, trust, ema, source=""):
         seen["engine"] = engine
         raise SystemExit(0)
     monkeypatch.setattr(common, "load_pipeline", fake_load)

@@ -36,26 +36,28 @@ def find_checkpoint(path: str | None = None) -> Path | None:
     return next((p for p in checkpoint_candidates(path) if p.exists()), None)
 
 
-def resolve_checkpoint(path: str | None) -> Path:
-    """The checkpoint to use, or a ClickException explaining where to get one."""
+def resolve_checkpoint(path: str | None) -> tuple[Path, str]:
+    """The checkpoint to use and where its name came from (" (from $VFRT_CHECKPOINT)", " (default location)"
+    or ""), or a ClickException explaining where to get one."""
+    source = "" if path else " (from $VFRT_CHECKPOINT)" if os.environ.get("VFRT_CHECKPOINT") else " (default location)"
     found = find_checkpoint(path)
     if found is not None:
-        return found
+        return found, source
     given = path or os.environ.get("VFRT_CHECKPOINT")
     if given:
-        raise click.ClickException(f"checkpoint not found: {Path(given).expanduser()}\n\n{MISSING_WEIGHTS}")
+        raise click.ClickException(f"checkpoint not found: {Path(given).expanduser()}{source}\n\n{MISSING_WEIGHTS}")
     raise click.ClickException(MISSING_WEIGHTS)
 
 
-def load_pipeline(checkpoint, config, engine, trust_checkpoint: bool, use_ema: bool):
+def load_pipeline(checkpoint, config, engine, trust_checkpoint: bool, use_ema: bool, source: str = ""):
     """Build a Pipeline (``engine``: an :class:`vfrt.engines.config.EngineConfig`), turning every expected
-    failure into a one-line ClickException."""
+    failure into a one-line ClickException that names the checkpoint (and where its name came from)."""
     from vfrt.models import CheckpointError
     from vfrt.runtime.pipeline import Pipeline
     try:
         return Pipeline.from_checkpoint(checkpoint, config=config, engine=engine, trust_checkpoint=trust_checkpoint,
                                         use_ema=use_ema)
     except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except (RuntimeError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(f"could not set up the pipeline: {exc}") from exc
+        raise click.ClickException(f"{exc}{source}" if source else str(exc)) from exc
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise click.ClickException(f"could not set up the pipeline from {checkpoint}{source}: {exc}") from exc

@@ -41,6 +41,12 @@ def _verbosity_callback(ctx: click.Context, param: click.Parameter, value: int) 
     logging.getLogger().setLevel(level)
 
 
+def verbosity(ctx: click.Context) -> int:
+    """The run's -v count minus its -q count (0 by default; negative: quiet)."""
+    counts = ctx.find_root().meta.get(_VERBOSITY_KEY, {"verbose": 0, "quiet": 0})
+    return counts["verbose"] - counts["quiet"]
+
+
 def verbosity_options() -> list[click.Option]:
     """Fresh ``-v/--verbose`` and ``-q/--quiet`` options (counted; processed before other options)."""
     return [click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,

@@ -1,6 +1,13 @@
-"""`vfrt run IMAGE`: novel views from one photo (orbit, single target pose, or several inputs)."""
+"""`vfrt run IMAGE`: novel views from one photo (orbit, single target pose, or several inputs).
+
+Everything that can be checked without the weights is checked first - options (exit 2), the
+checkpoint's config, the noise bank, every photo (decoded and segmented), the output folders - so
+bad input fails in seconds, not after a model load.
+"""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -29,37 +36,48 @@ def _parse_extra(values) -> tuple:
 
 @click.command("run")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("-c", "--checkpoint", help="Zero123 .ckpt, .safetensors or diffusers folder (default: $VFRT_CHECKPOINT, "
-              "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="The checkpoint's ldm YAML (default: Zero123 full size).")
+@click.option("-c", "--checkpoint", help="Zero123 .ckpt, .safetensors or diffusers folder [default: $VFRT_CHECKPOINT, "
+              "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt].")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False),
+              help="The checkpoint's ldm YAML [default: Zero123 full size].")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a checkpoint you trust.")
 @click.option("--no-ema", is_flag=True, help="Use the raw UNet weights instead of the EMA weights.")
-@click.option("--mode", type=click.Choice(["orbit", "single"]), default="orbit", show_default=True)
-@click.option("--views", default=36, show_default=True, help="Views in the orbit, input included.")
-@click.option("--generate", type=int, default=None, help="Stop the orbit after this many generated views.")
-@click.option("--polar", default=0.0, show_default=True, help="Single mode: polar delta, degrees (negative = up).")
-@click.option("--azimuth", default=0.0, show_default=True, help="Single mode: azimuth delta, degrees.")
-@click.option("--radius", default=0.0, show_default=True, help="Single mode: radius delta.")
+@click.option("--mode", type=click.Choice(["orbit", "single"]), default="orbit", show_default=True,
+              help="orbit: a 360-degree ring of views; single: one target pose (--polar/--azimuth/--radius).")
+@click.option("--views", type=click.IntRange(min=2), default=36, show_default=True,
+              help="Views in the orbit, input included (>= 2).")
+@click.option("--generate", type=click.IntRange(min=1), default=None,
+              help="Stop the orbit after this many generated views (1..VIEWS-1) [default: all].")
+@click.option("--polar", default=0.0, show_default=True,
+              help="Single mode: polar delta in degrees (negative = up); the camera must stay between the poles.")
+@click.option("--azimuth", default=0.0, show_default=True, help="Single mode: azimuth delta in degrees (-360..360).")
+@click.option("--radius", default=0.0, show_default=True, help="Single mode: radius delta (-1.5..1.5, model units).")
 @click.option("--extra-input", multiple=True, metavar="PATH@POLAR,AZIMUTH[,RADIUS]",
               help="More input views with their pose relative to IMAGE (degrees); switches to multi-input orbit.")
-@click.option("--steps", default=75, show_default=True, help="DDIM steps (75 runs 76 UNet steps, as the original).")
-@click.option("--guidance", default=3.0, show_default=True)
-@click.option("--eta", default=1.0, show_default=True)
-@click.option("--inference-temp", default=0.5, show_default=True)
-@click.option("--auto-temp", default=None, type=float, help="[default: 0.5; 1.0 with --extra-input]")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False), help="Replay a noise bank (.npz).")
+@click.option("--steps", type=click.IntRange(min=2), default=75, show_default=True,
+              help="DDIM steps (>= 2; 75 runs 76 UNet steps per view, as the original).")
+@click.option("--guidance", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Classifier-free guidance scale (>= 0; 1 = none).")
+@click.option("--eta", type=click.FloatRange(min=0), default=1.0, show_default=True, help="DDIM eta (>= 0).")
+@click.option("--inference-temp", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="tau_inf of the input view's weight (> 0).")
+@click.option("--auto-temp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="tau_auto of the generated references' weights (> 0) [default: 0.5; 1.0 with --extra-input].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False),
+              help="Replay a run's noise bank (its noise.npz): the same views again, bit for bit.")
 @click.option("--noise-mode", type=click.Choice(["exact", "shared", "fast"]), default="exact", show_default=True,
               help="exact: one replayable draw per reference and step (the original); shared: one draw shared by "
                    "the references (ViewFusion's real-image script); fast: the same distribution drawn on the "
                    "device, not replayable.")
-@click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white) - no crop/recentre.")
+@click.option("--no-preprocess", is_flag=True, help="Use the pixels as given (RGBA on white): no crop/recentre.")
 @click.option("--segment", type=click.Choice(SEGMENT_METHODS), default="auto", show_default=True,
               help="How to find the object in a photo without alpha: rembg (needs rembg and its model on disk), "
                    "OpenCV GrabCut, or none (non-white pixels); auto = rembg when usable, else GrabCut. "
                    "Photos with alpha use it.")
-@click.option("--elevation", default=30.0, show_default=True, help="Input camera elevation above the horizon, for cameras.json.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--elevation", type=click.FloatRange(-90, 90), default=30.0, show_default=True,
+              help="The input camera's elevation above the horizon in degrees (-90..90), for the cameras.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--backend", type=click.Choice(["auto", "reference", "fast"]), default="auto", show_default=True,
               help="fast: exact identities, fp16 on CUDA; reference: the original's op order in fp32.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
@@ -72,10 +90,12 @@ def _parse_extra(values) -> tuple:
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
-def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
+@click.pass_context
+def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
         segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
-    """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
+    """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best;
+    others are segmented).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
     reported and the others still run.
@@ -83,6 +103,7 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
     from vfrt.cli.common import load_pipeline, resolve_checkpoint
     from vfrt.engines.config import EngineConfig
     from vfrt.hardware import DeviceError
+    from vfrt.models import CheckpointError, peek_config
     from vfrt.runtime.noise import NoiseBank, NoiseBankError
     from vfrt.runtime.run import RunConfig
     from vfrt.runtime.sampler import SamplerConfig
@@ -98,68 +119,172 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
                         sampler=sampler, segment=segment)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
         engine = EngineConfig(backend=backend, device=device, dtype=dtype, compile=compile_unet,
                               expected_views=len(images) * cfg.generated_views)
-        engine.resolve()     # a bad device or precision stops here, before any weights load
-    except (ValueError, DeviceError) as exc:
+        resolved = engine.resolve()     # a bad device or precision stops here, before any weights load
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
+    except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if noise_path and len(images) > 1:
+        raise click.UsageError("--noise replays one run; give a single image with it")
     try:
         noise = NoiseBank.load(noise_path) if noise_path else None
     except NoiseBankError as exc:
-        raise click.ClickException(str(exc)) from exc
-    ckpt = resolve_checkpoint(checkpoint)
-    pipe = load_pipeline(ckpt, config, engine, trust_checkpoint, not no_ema)
-    if noise is not None and len(images) > 1:
-        raise click.UsageError("--noise replays one run; give a single image with it")
-    if len(images) == 1:
-        targets = [(images[0], Path(out) if out else Path("runs") / Path(images[0]).stem)]
-    else:
-        stems = [Path(i).stem for i in images]
-        if len(set(stems)) != len(stems):
-            raise click.UsageError("several images share a file name; their output folders would collide")
-        targets = [(i, Path(out or "runs") / Path(i).stem) for i in images]
-    failures = []
-    for image, out_dir in targets:
+        raise click.BadParameter(str(exc), param_hint="--noise") from exc
+    ckpt, source = resolve_checkpoint(checkpoint)
+    try:
+        model_config = peek_config(ckpt, config)
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config" if config else "--checkpoint") from exc
+    targets = _targets(images, out)
+    jobs, failures = _check_inputs(targets, cfg, noise, resolved.backend, model_config.unet.image_size * 8,
+                                   overwrite, not no_resume)
+    if not jobs:
+        raise click.UsageError(failures[0][1] if len(failures) == 1 else
+                               f"all {len(failures)} images failed their checks:\n" +
+                               "\n".join(f"  {image}: {why}" for image, why in failures))
+    quiet = _quiet(ctx)
+    with _status(f"loading {ckpt}{source} ...", quiet):
+        pipe = load_pipeline(ckpt, model_config if config else None, engine, trust_checkpoint, not no_ema, source)
+    for image, out_dir, prepared in jobs:
         try:
-            folder = _run_one(pipe, image, cfg, out_dir, noise, overwrite, not no_resume, run_mode)
+            folder = _run_one(pipe, image, cfg, out_dir, noise, overwrite, not no_resume, run_mode, prepared, quiet)
             click.echo(f"done: {folder}")
         except click.ClickException as exc:
             if len(targets) == 1:
                 raise
-            failures.append(image)
+            failures.append((image, exc.format_message()))
             click.echo(f"failed: {image}: {exc.format_message()}", err=True)
     if failures:
-        raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: {', '.join(failures)}")
+        raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: "
+                                   f"{', '.join(str(image) for image, _ in failures)}")
 
 
-def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bool, run_mode: str) -> Path:
+def _targets(images, out) -> list[tuple[str, Path]]:
+    """(image, output folder) per image: OUT (or runs/<stem>) for one image, OUT/<stem> for several."""
+    if len(images) == 1:
+        return [(images[0], Path(out) if out else Path("runs") / Path(images[0]).stem)]
+    stems = [Path(i).stem for i in images]
+    if len(set(stems)) != len(stems):
+        raise click.UsageError("several images share a file name; their output folders would collide")
+    return [(i, Path(out or "runs") / Path(i).stem) for i in images]
+
+
+def _check_inputs(targets, cfg, noise, backend: str, resolution: int, overwrite: bool, resume: bool):
+    """Everything per image that can fail before the model loads: the photos (decoded, segmented), the
+    output folder (exists? unfinished run with other settings? writable?). Returns the runnable
+    (image, out_dir, prepared inputs) and the failures (image, reason); one image's failure is a usage
+    error of its own."""
+    from vfrt.runtime.preprocess import ImageInputError
+    from vfrt.runtime.run import RunError, check_output_folder, prepare_inputs, run_fingerprint
+    jobs, failures = [], []
+    for image, out_dir in targets:
+        try:
+            prepared = prepare_inputs(image, cfg, resolution)
+            check_output_folder(out_dir, run_fingerprint(Path(image), cfg, noise, backend, resolution),
+                                overwrite=overwrite, resume=resume)
+        except (ImageInputError, RunError, OSError) as exc:
+            if len(targets) == 1:
+                raise click.UsageError(str(exc)) from exc
+            failures.append((image, str(exc)))
+            click.echo(f"skipped: {image}: {exc}", err=True)
+            continue
+        jobs.append((image, out_dir, prepared))
+    return jobs, failures
+
+
+def _quiet(ctx: click.Context) -> bool:
+    from vfrt.cli.main import verbosity
+    return verbosity(ctx) < 0
+
+
+def _status(message: str, quiet: bool):
+    """A spinner while something slow happens (on a terminal); one plain line otherwise."""
+    import contextlib
+
+    from rich.console import Console
+    console = Console(stderr=True)
+    if quiet:
+        return contextlib.nullcontext()
+    if not console.is_terminal:
+        click.echo(message, err=True)
+        return contextlib.nullcontext()
+    return console.status(message)
+
+
+class _ViewProgress:
+    """Progress over the generated views: a rich bar with ETA on a terminal; otherwise a plain line per
+    view at most every ``every`` seconds (and the last), so redirected output shows the run is alive."""
+
+    def __init__(self, label: str, quiet: bool, every: float = 10.0):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.label, self.quiet, self.every = label, quiet, every
+        self.console = Console(stderr=True)
+        self.t0 = time.perf_counter()
+        self.last_line = -every
+        self.bar = None
+        if not quiet and self.console.is_terminal:
+            self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=self.console)
+            self.task = self.bar.add_task(label, total=None)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+            return
+        now = time.perf_counter() - self.t0
+        if self.quiet or (now - self.last_line < self.every and done < total):
+            return
+        self.last_line = now
+        eta = now / done * (total - done) if done else float("nan")
+        click.echo(f"{self.label}: view {done}/{total}, {now:.0f} s elapsed, ETA {eta:.0f} s", err=True)
+        sys.stderr.flush()
+
+
+def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bool, run_mode: str, prepared,
+             quiet: bool) -> Path:
     """One image -> one finished output folder; every expected failure becomes a ClickException."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from vfrt.hardware import is_out_of_memory
     from vfrt.runtime.noise import NoiseBankError
     from vfrt.runtime.pipeline import GPUOutOfMemoryError, NonFiniteOutputError
     from vfrt.runtime.preprocess import ImageInputError
     from vfrt.runtime.run import RunError, run_to_folder
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", total=None)
+    keep = f"finished views are kept in {out_dir}.partial - run the same command again to resume"
+    with _ViewProgress(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", quiet) as progress:
         try:
             return run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=resume,
-                                 on_view=lambda done, total: bar.update(task, completed=done, total=total))
+                                 on_view=progress.update, prepared=prepared)
         except (RunError, ImageInputError, NoiseBankError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
-            raise click.ClickException(f"interrupted; finished views are kept in {out_dir}.partial - run the same "
-                                       "command again to resume") from None
+            raise click.ClickException(f"interrupted; {keep}") from None
         except NonFiniteOutputError as exc:
-            raise click.ClickException(f"{exc}; finished views are kept in {out_dir}.partial") from exc
+            raise click.ClickException(f"{exc}; {keep}") from exc
         except GPUOutOfMemoryError as exc:
             raise click.ClickException(
                 f"the GPU ran out of memory at view {exc.view} (K = {exc.K} references): try "
                 + ("--backend fast, " if exc.try_fast_backend else "--dtype float16, " if exc.try_float16 else "")
-                + f"fewer --views, or --device cpu; finished views are kept in {out_dir}.partial - run the "
-                "same command again to resume") from exc
+                + f"fewer --views, or --device cpu; {keep}") from exc
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out_dir}: {exc}") from exc
         except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
+            if is_out_of_memory(exc):
                 raise click.ClickException("the GPU ran out of memory: try --backend fast --dtype float16, fewer "
-                                           "--views, or --device cpu") from exc
+                                           f"--views, or --device cpu; {keep}") from exc
             raise

@@ -8,7 +8,7 @@ from .clip import CLIPVisionTower, clip_preprocess
 from .config import CLIPConfig, ScheduleConfig, UNetConfig, VAEConfig, Zero123Config
 from .diffusers_format import load_zero123_diffusers
 from .errors import CheckpointError
-from .loading import load_zero123
+from .loading import load_zero123, peek_config
 from .state_dict import load_state_dict_file
 from .testing import TinyCheckpoint, tiny_config, write_tiny_checkpoint
 from .unet import UNet, timestep_embedding
@@ -28,6 +28,7 @@ __all__ = [
     "clip_preprocess",
     "timestep_embedding",
     "load_zero123",
+    "peek_config",
     "load_state_dict_file",
     "load_zero123_diffusers",
     "CheckpointError",

@@ -321,8 +321,13 @@ class Zero123Config:
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "Zero123Config":
-        """Parse an original ldm YAML (e.g. ``sd-objaverse-finetune-c_concat-256.yaml``) from a file path."""
-        text = Path(path).read_text()
+        """Parse an original ldm YAML (e.g. ``sd-objaverse-finetune-c_concat-256.yaml``) from a file path.
+
+        Raises ValueError (naming the file, and the line for YAML syntax errors) for anything unusable."""
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the config {path}: {exc}") from exc
         try:
             return cls.from_yaml_text(text)
         except ValueError as exc:
@@ -333,7 +338,12 @@ class Zero123Config:
         """Parse the text of an original ldm YAML. ``clip`` is left ``None`` (inferred from weights)."""
         import yaml
 
-        doc = yaml.safe_load(text)
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ValueError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(doc, Mapping) or not isinstance(doc.get("model"), Mapping):
             raise ValueError("not an ldm config: no top-level 'model' mapping")
         model = doc["model"]

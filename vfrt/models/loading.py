@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import load_original_checkpoint
 from .config import Zero123Config
-from .diffusers_format import is_diffusers_folder, load_zero123_diffusers
+from .diffusers_format import config_from_diffusers_folder, is_diffusers_folder, load_zero123_diffusers
 from .errors import CheckpointError
 from .zero123 import Zero123
 
@@ -58,3 +58,22 @@ def load_zero123(
     if use_ema:
         log.info("%s: diffusers folders hold one set of UNet weights; use_ema has no effect", path)
     return load_zero123_diffusers(path, device=device, dtype=dtype, trust_checkpoint=trust_checkpoint)
+
+
+def peek_config(path: Union[str, Path], config: Union[None, str, Path, Zero123Config] = None) -> Zero123Config:
+    """The architecture ``load_zero123(path, config)`` will build, read cheaply (the YAML or the diffusers
+    folder's config files; the default full-size Zero123 for a ``.ckpt`` without YAML), without the weights.
+
+    Raises:
+        CheckpointError: an unreadable or unsupported YAML / diffusers config.
+    """
+    try:
+        if Path(path).is_dir() and is_diffusers_folder(path):
+            return config_from_diffusers_folder(path)
+        if isinstance(config, Zero123Config):
+            return config
+        return Zero123Config.from_yaml(config) if config is not None else Zero123Config.default()
+    except CheckpointError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +75,13 @@ class NoiseBank:
         path = Path(path)
         if not path.is_file():
             raise NoiseBankError(f"noise bank not found: {path}")
+        if not zipfile.is_zipfile(path):
+            raise NoiseBankError(f"{path} is not a noise bank (the noise.npz a vfrt run writes)")
         try:
             data = np.load(path, allow_pickle=False)
-        except Exception as exc:  # zip/npz format errors
-            raise NoiseBankError(f"{path} is not a readable .npz noise bank: {exc}") from exc
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # a damaged archive
+            raise NoiseBankError(f"{path} is a damaged noise bank ({type(exc).__name__}); use the noise.npz of "
+                                 "a finished vfrt run") from exc
         with data:
             if "x_T" not in data or "K" not in data:
                 raise NoiseBankError(f"{path} lacks 'x_T' or 'K'; keys: {sorted(data.keys())[:8]}")

@@ -73,6 +73,7 @@ class GenerationResult:
         references: per view, (K_v,) slot ids (0..M-1 inputs, M+j generated view j).
         weights: per view, (K_v,) interpolation weights.
         inputs: (M, 3, H, W) the input view(s) as fed to the model.
+        input_poses: (M, 3) (polar, azimuth, radius) of each input relative to input 0 (radians; row 0 zeros).
         noise: the noise bank this run used (replay it for an identical result); None in the
             "fast" noise mode, which draws on the device.
         mode: "orbit", "single" or "multi".
@@ -90,6 +91,7 @@ class GenerationResult:
     inputs: np.ndarray
     noise: NoiseBank | None
     mode: str
+    input_poses: np.ndarray = field(default_factory=lambda: np.zeros((1, 3)))
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     engine: dict = field(default_factory=dict)
     n_views: int = 0
@@ -101,6 +103,12 @@ class GenerationResult:
             raise ValueError("orbit_images() is for orbit results")
         order = orbit_order(self.azimuths)
         return np.concatenate([self.inputs[:1], self.images[order]], axis=0)
+
+    def save(self, folder, *, elevation: float = 30.0, overwrite: bool = False):
+        """Write this result as the folder ``vfrt run`` writes (see :func:`vfrt.runtime.run.save_result`);
+        ``elevation``: the input camera's angle above the horizon, for the cameras. Returns the folder."""
+        from vfrt.runtime.run import save_result
+        return save_result(self, folder, elevation=elevation, overwrite=overwrite)
 
     def orbit_azimuths(self) -> np.ndarray:
         """(N,) radians in [0, 2*pi) matching :meth:`orbit_images`."""
@@ -197,7 +205,9 @@ class Pipeline:
         shapes = {tuple(t.shape) for t in inputs}
         if len(shapes) != 1:
             raise ValueError(f"all input views must have the same size, got {sorted(shapes)}")
-        return self._generate("multi", plans, inputs, views, sampler, noise, on_view, resume)
+        result = self._generate("multi", plans, inputs, views, sampler, noise, on_view, resume)
+        result.input_poses = p_rad
+        return result
 
     # ------------------------------------------------------------------ the loop
     def _generate(self, mode, plans: list[ViewPlan], inputs: list[torch.Tensor], n_views: int, sampler: SamplerConfig,

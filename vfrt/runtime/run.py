@@ -28,10 +28,11 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -90,6 +91,12 @@ class RunConfig:
         for name in ("delta_polar", "delta_azimuth", "delta_radius", "elevation"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
+        if not -90.0 <= self.elevation <= 90.0:
+            raise ValueError(f"elevation is the input camera's angle above the horizon: -90..90 degrees, "
+                             f"got {self.elevation:g}")
+        for polar, azimuth, radius, what in [(self.delta_polar, self.delta_azimuth, self.delta_radius, "the target")] + \
+                [(p, a, r, f"extra input {path}") for path, p, a, r in self.extra_inputs]:
+            check_pose_delta(polar, azimuth, radius, self.elevation, what)
         if self.mode == "single" and self.delta_polar == 0 and self.delta_azimuth == 0 and self.delta_radius == 0:
             raise ValueError("single mode needs a target pose: give --polar, --azimuth and/or --radius")
         if self.mode == "multi" and not self.extra_inputs:
@@ -107,6 +114,84 @@ class RunConfig:
             return len(plan_single(math.radians(self.delta_polar), math.radians(self.delta_azimuth),
                                    self.delta_radius))
         return self.generate or self.views - 1
+
+
+#: the orbit's camera distance (SPEC §8); a radius delta must keep the camera outside the object
+CAMERA_DISTANCE = 1.5
+
+
+def check_pose_delta(polar: float, azimuth: float, radius: float, elevation: float, what: str = "the pose") -> None:
+    """Refuse a pose delta no camera can have: the polar angle of the input (90 - elevation) plus the delta
+    must stay within 0..180 degrees, the azimuth within one turn either way, the distance positive."""
+    polar_now = 90.0 - elevation
+    if not 0.0 <= polar_now + polar <= 180.0:
+        raise ValueError(f"{what}: polar delta {polar:g} degrees takes the camera past a pole (input polar "
+                         f"{polar_now:g}, so the delta must be within {-polar_now:g}..{180 - polar_now:g})")
+    if not -360.0 <= azimuth <= 360.0:
+        raise ValueError(f"{what}: azimuth delta must be within -360..360 degrees, got {azimuth:g}")
+    if not -CAMERA_DISTANCE < radius < CAMERA_DISTANCE:
+        raise ValueError(f"{what}: radius delta must be within +-{CAMERA_DISTANCE:g} (camera distance "
+                         f"{CAMERA_DISTANCE:g}), got {radius:g}")
+
+
+def run_fingerprint(image: Path, cfg: RunConfig, noise: NoiseBank | None, backend: str, resolution: int) -> dict:
+    """What a resumable partial folder must match: the settings, the photo's bytes, the noise, the engine."""
+    fingerprint = {"config": asdict(cfg), "image_sha256": _sha256(image),
+                   "noise_sha256": None if noise is None else hashlib.sha256(
+                       b"".join(a.tobytes() for a in noise.x_T + noise.step_noise)).hexdigest(),
+                   "backend": backend, "resolution": resolution}
+    return json.loads(json.dumps(fingerprint))  # the form it has after a JSON round trip
+
+
+def check_output_folder(out: Path, fingerprint: dict, *, overwrite: bool, resume: bool) -> None:
+    """Raise :class:`RunError` before any work when ``out`` cannot be written as asked.
+
+    * ``out`` exists and ``overwrite`` is False;
+    * ``out.partial`` holds an unfinished run with other settings while ``resume`` is True (its finished
+      views are never deleted silently: pass ``resume=False`` - CLI ``--no-resume`` - to discard them);
+    * the folder cannot be created (a probe directory is made and removed next to it).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; choose another --out or pass --overwrite")
+    partial = out.with_name(out.name + ".partial")
+    done = _finished_views(partial)
+    old = _partial_fingerprint(partial)
+    if resume and done and old != fingerprint:
+        changed = sorted(_changed_settings(old, fingerprint)) if old is not None else ["unreadable run.json"]
+        raise RunError(f"{partial} holds an unfinished run ({done} views done) with other settings "
+                       f"({', '.join(changed)} differ); run it again with the same settings to resume it, "
+                       "or pass --no-resume to discard it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".vfrt-probe-", dir=out.parent))
+        probe.rmdir()
+    except OSError as exc:
+        raise RunError(f"cannot write the output folder {out}: {exc.strerror or exc}") from exc
+
+
+def _finished_views(partial: Path) -> int:
+    folder = partial / "generated"
+    return len(list(folder.glob("v*.npy"))) if folder.is_dir() else 0
+
+
+def _partial_fingerprint(partial: Path) -> dict | None:
+    try:
+        return json.loads((partial / "run.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = set(old) | set(new)
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_settings(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -127,40 +212,44 @@ def _pose_label(polar_deg: float, azimuth_deg: float, radius: float = 0.0) -> st
     return text + (f" r {radius:+.2g}" if radius else "")
 
 
+def prepare_inputs(image: str | Path, cfg: RunConfig, resolution: int) -> list[PreparedImage]:
+    """IMAGE and the extra input photos as the model will see them (segmented where needed), in order.
+
+    Raises :class:`~vfrt.runtime.preprocess.ImageInputError` for an unreadable, truncated or blank photo:
+    callers run this before loading a model, so bad input fails in seconds.
+    """
+    photos = [Path(image)] + [Path(p) for p, *_ in cfg.extra_inputs]
+    return [prepare_image(p, resolution, cfg.preprocess, cfg.segment) for p in photos]
+
+
 def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, *, noise: NoiseBank | None = None,
                   overwrite: bool = False, resume: bool = True,
-                  on_view: Callable[[int, int], None] | None = None) -> Path:
+                  on_view: Callable[[int, int], None] | None = None,
+                  prepared: Sequence[PreparedImage] | None = None) -> Path:
     """Generate with ``pipe`` and write the output folder ``out_dir`` (see module docstring).
 
-    ``on_view(done, total)`` is called after each generated view (for progress bars).
-    Returns the finished folder's path.
+    ``on_view(done, total)`` is called after each generated view (for progress bars). ``prepared``: the
+    photos from :func:`prepare_inputs`, when the caller validated them already. An unfinished
+    ``out_dir.partial`` with the same settings is resumed (``resume``); one with other settings is refused
+    (:func:`check_output_folder`). Returns the finished folder's path.
     """
     image = Path(image)
     out = Path(out_dir)
     partial = out.with_name(out.name + ".partial")
-    if out.exists() and not overwrite:
-        raise RunError(f"{out} already exists; choose another --out or pass --overwrite")
+    fingerprint = run_fingerprint(image, cfg, noise, pipe.backend, pipe.resolution)
+    check_output_folder(out, fingerprint, overwrite=overwrite, resume=resume)
     # Prepared (and segmented) before anything is written, so a bad photo leaves no folder behind.
     photos = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
-    prepared = [prepare_image(p, pipe.resolution, cfg.preprocess, cfg.segment) for p in photos]
-    fingerprint = {"config": asdict(cfg), "image_sha256": _sha256(image),
-                   "noise_sha256": None if noise is None else hashlib.sha256(
-                       b"".join(a.tobytes() for a in noise.x_T + noise.step_noise)).hexdigest(),
-                   "backend": pipe.backend, "resolution": pipe.resolution}
-    fingerprint = json.loads(json.dumps(fingerprint))  # the form it has after a JSON round trip
+    prepared = list(prepared) if prepared is not None else prepare_inputs(image, cfg, pipe.resolution)
     done = []
     if partial.exists():
-        meta_path = partial / "run.json"
-        old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-        if resume and old is not None and old.get("fingerprint") == fingerprint:
+        if resume and _partial_fingerprint(partial) == fingerprint:
             v = 0
             while (partial / "generated" / f"v{v:02d}.npy").is_file():
                 done.append(np.load(partial / "generated" / f"v{v:02d}.npy"))
                 v += 1
             log.info("resuming %s: %d views already generated", partial, len(done))
         else:
-            if old is not None and resume:
-                log.warning("%s belongs to a different run; starting over", partial)
             shutil.rmtree(partial)
     (partial / "generated").mkdir(parents=True, exist_ok=True)
     (partial / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "complete": False}, indent=2))
@@ -187,19 +276,12 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
 
     try:
         inputs_meta = _write_inputs(partial, photos, prepared, cfg)
-        _write_outputs(partial, result, cfg)
+        _write_outputs(partial, result, cfg.elevation)
     except MediaError as exc:
         raise RunError(f"{exc}; the generated views are kept in {partial} - run the same command again "
                        "to retry the outputs") from exc
-    meta = {"fingerprint": fingerprint, "complete": True, "vfrt_version": __version__, "seconds": round(seconds, 3),
-            "engine": result.engine,
-            "segmentation": prepared[0].method, "inputs": inputs_meta,
-            "generated_views": [{"generation_index": v, "pose_deg": [math.degrees(result.poses[v][0]),
-                                                                     math.degrees(result.poses[v][1]),
-                                                                     float(result.poses[v][2])],
-                                 "references": result.references[v].tolist(),
-                                 "weights": [float(w) for w in result.weights[v]]}
-                                for v in range(len(result.images))]}
+    meta = {"fingerprint": fingerprint, **_result_meta(result, seconds),
+            "segmentation": prepared[0].method, "inputs": inputs_meta}
     (partial / "run.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(partial / "generated")
     if out.exists():
@@ -229,12 +311,52 @@ def _write_inputs(folder: Path, photos: list[Path], prepared: list[PreparedImage
     return meta
 
 
-def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
+def save_result(result, folder: str | Path, *, elevation: float = 30.0, overwrite: bool = False) -> Path:
+    """Write a :class:`~vfrt.runtime.pipeline.GenerationResult` as the folder ``vfrt run`` writes (views,
+    cameras / transforms.json, labelled grid, orbit.gif/.mp4, noise.npz, run.json), atomically: into a
+    temporary sibling first, renamed when complete. The input photos themselves are not part of a result:
+    ``inputs/`` and ``mask.png`` are written by :func:`run_to_folder` only."""
+    out = Path(folder)
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; choose another folder or pass overwrite=True")
+    if not -90.0 <= elevation <= 90.0:
+        raise ValueError(f"elevation must be within -90..90 degrees, got {elevation:g}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise RunError(f"cannot write the output folder {out}: {exc.strerror or exc}") from exc
+    try:
+        _write_outputs(tmp, result, elevation)
+        (tmp / "run.json").write_text(json.dumps({**_result_meta(result, result.seconds), "elevation": elevation},
+                                                 indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _result_meta(result, seconds: float) -> dict:
+    """run.json's description of a finished generation."""
+    return {"complete": True, "vfrt_version": __version__, "mode": result.mode, "seconds": round(seconds, 3),
+            "sampler": asdict(result.sampler), "engine": result.engine,
+            "generated_views": [{"generation_index": v, "pose_deg": [math.degrees(result.poses[v][0]),
+                                                                     math.degrees(result.poses[v][1]),
+                                                                     float(result.poses[v][2])],
+                                 "references": result.references[v].tolist(),
+                                 "weights": [float(w) for w in result.weights[v]]}
+                                for v in range(len(result.images))]}
+
+
+def _write_outputs(folder: Path, result, elevation: float) -> None:
     views = folder / "views"
     views.mkdir(exist_ok=True)
     if result.noise is not None:      # "fast" noise mode: drawn on the device, nothing to replay
         result.noise.save(folder / "noise.npz")
-    if cfg.mode == "single":
+    if result.mode == "single":
         _save_png(views / "input.png", result.inputs[0])
         for v, im in enumerate(result.images):
             _save_png(views / f"step_{v + 1:02d}.png", im)
@@ -256,14 +378,15 @@ def _write_outputs(folder: Path, result, cfg: RunConfig) -> None:
     labels[0] = "input, az 0°"
     # multi mode: the extra input views (as the model saw them) close the sheet, with their poses
     extra = [to_uint8(im) for im in result.inputs[1:]]
-    labels += [f"input {i}: " + _pose_label(p, a, r) for i, (_, p, a, r) in enumerate(cfg.extra_inputs, start=1)]
+    labels += [f"input {i}: " + _pose_label(math.degrees(p), math.degrees(a), float(r))
+               for i, (p, a, r) in enumerate(result.input_poses[1:], start=1)]
     contact_sheet(frames + extra, labels).save(folder / "grid.png")
-    _write_cameras(folder, result, cfg, names)
+    _write_cameras(folder, result, elevation, names)
     write_gif(folder / "orbit.gif", frames)
     write_mp4(folder / "orbit.mp4", frames)
 
 
-def _write_cameras(folder: Path, result, cfg: RunConfig, names: list[str]) -> None:
+def _write_cameras(folder: Path, result, elevation: float, names: list[str]) -> None:
     from vfrt.runtime.cameras import Intrinsics, world_to_camera, write_transforms_json
     n = len(names)
     complete = n == result.n_views
@@ -272,12 +395,12 @@ def _write_cameras(folder: Path, result, cfg: RunConfig, names: list[str]) -> No
     k = Intrinsics.default(size)
     cams = []
     for name, a in zip(names, az):
-        w2c = world_to_camera(float(a), math.radians(cfg.elevation))
-        cams.append({"file": name, "azimuth_deg": math.degrees(float(a)), "elevation_deg": cfg.elevation,
-                     "polar_deg": 90.0 - cfg.elevation, "distance": 1.5, "world_to_camera_opencv": w2c.tolist()})
+        w2c = world_to_camera(float(a), math.radians(elevation))
+        cams.append({"file": name, "azimuth_deg": math.degrees(float(a)), "elevation_deg": elevation,
+                     "polar_deg": 90.0 - elevation, "distance": CAMERA_DISTANCE, "world_to_camera_opencv": w2c.tolist()})
     (folder / "cameras.json").write_text(json.dumps({
         "convention": "SPEC §8: world z up, OpenCV world-to-camera; K at 256 px = [[280,0,128],[0,280,128],[0,0,1]]",
         "K": [[k.fx, 0.0, k.cx - 0.5], [0.0, k.fy, k.cy - 0.5], [0.0, 0.0, 1.0]], "width": size, "height": size,
         "views": cams}, indent=2))
     if complete:
-        write_transforms_json(folder / "transforms.json", n, cfg.elevation, names, image_size=size)
+        write_transforms_json(folder / "transforms.json", n, elevation, names, image_size=size)
