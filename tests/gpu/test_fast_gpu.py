@@ -156,3 +156,16 @@ def test_the_policy_switch_to_compiled_keeps_results(tiny_model, image, monkeypa
     b = pipe.orbit(image, views=36, generate=2, sampler=_sampler(10), noise=a.noise, preprocess=False)
     assert pipe.engine.describe()["unet_compiled"] and not pipe.engine.describe()["triton_conv"]
     assert np.abs(a.images - b.images).max() <= 2e-2
+
+
+def test_step_cache_clear_then_capture_again(tiny_model, image):
+    """clear() drops every graph; the next view captures into a fresh memory pool (PyTorch frees a private pool
+    with its last graph, and capturing into a freed pool asserts)."""
+    pipe = _pipe(tiny_model, dtype="float16")
+    a = pipe.orbit(image, views=36, generate=2, sampler=_sampler(6, 1), preprocess=False)
+    steps = pipe.engine.step_cache
+    assert steps.captured
+    steps.clear()
+    assert not steps.captured and steps.capacity["rows"] == 0
+    b = pipe.orbit(image, views=36, generate=2, sampler=_sampler(6), noise=a.noise, preprocess=False)
+    assert np.array_equal(a.images, b.images)

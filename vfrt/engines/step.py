@@ -197,9 +197,16 @@ class StepGraphCache:
 
     def clear(self) -> None:
         """Drop every captured graph and the static buffers (e.g. when the executor changes)."""
-        self._graphs.clear()
+        self._drop_graphs()
         self._buffers = None
         self._view = None
+
+    def _drop_graphs(self) -> None:
+        """Forget the graphs and start a new memory pool: once its last graph is gone, PyTorch frees a
+        private pool and it cannot be captured into again."""
+        self._graphs.clear()
+        if self.use_graphs:
+            self._pool = torch.cuda.graph_pool_handle()
 
     @property
     def captured(self) -> list[tuple[int, bool]]:
@@ -232,7 +239,7 @@ class StepGraphCache:
         dev, dtype = self.device, view.h0.dtype
         memory_format = torch.channels_last if view.h0.is_contiguous(memory_format=torch.channels_last) and \
             not view.h0.is_contiguous() else torch.contiguous_format
-        self._graphs.clear()          # graphs captured on the old buffers would read freed memory
+        self._drop_graphs()           # graphs captured on the old buffers would read freed memory
         self._buffers = {
             "x": torch.zeros((1, *latent_shape), device=dev),
             "step": torch.zeros((1,), dtype=torch.long, device=dev),

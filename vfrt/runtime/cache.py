@@ -1,4 +1,4 @@
-"""The view cache: per reference slot, its encoding (CLIP embedding, VAE latent, engine extras).
+"""The view cache: per reference slot, its encoding (CLIP embedding, VAE latent).
 
 Each reference view is encoded once (SPEC §6) and reused by every later target. Entries live on
 the engine's device; with ``max_device_entries`` set, older entries spill to pinned host memory
@@ -21,8 +21,7 @@ def _move(enc: ViewEncoding, device: torch.device, pin: bool = False) -> ViewEnc
             out.copy_(t, non_blocking=True)
             return out
         return t.to(device, non_blocking=True)
-    extra = {k: mv(v) if isinstance(v, torch.Tensor) else v for k, v in (enc.extra or {}).items()} or None
-    return replace(enc, clip=mv(enc.clip), latent=mv(enc.latent), extra=extra)
+    return replace(enc, clip=mv(enc.clip), latent=mv(enc.latent))
 
 
 class ViewCache:
