@@ -163,7 +163,7 @@ def test_triton_convs_need_channels_last():
 
 
 def test_an_explicit_choice_survives_the_compile_policy():
-    cfg = EngineConfig(device="cpu", channels_last=True, triton_conv=True, compile=True).resolve()
+    cfg = EngineConfig(device=DEVICE, channels_last=True, triton_conv=True, compile=True).resolve()
     assert cfg.triton_conv and cfg.compile
 
 

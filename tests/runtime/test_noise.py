@@ -50,7 +50,7 @@ def test_load_errors(tmp_path):
         NoiseBank.load(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(NoiseBankError, match="not a readable"):
+    with pytest.raises(NoiseBankError, match="is not a noise bank"):
         NoiseBank.load(bad)
     np.savez(tmp_path / "partial.npz", x_T=np.zeros((2, 1, 4, 2, 2), np.float32), K=np.array([1, 1]),
              step_noise_v00=np.zeros((3, 1, 4, 2, 2), np.float32))

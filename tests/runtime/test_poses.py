@@ -39,9 +39,9 @@ def test_orbit_weights_by_independent_computation():
         np.testing.assert_allclose(p.weights, expected, atol=1e-6)
         # T = [0, sin, cos, 0] of target minus reference azimuth
         delta = np.array([tgt - angles[r] for r in kept])
-        np.testing.assert_allclose(p.T[:, 1], np.sin(delta), atol=1e-6)
-        np.testing.assert_allclose(p.T[:, 2], np.cos(delta), atol=1e-6)
-        assert np.all(p.T[:, [0, 3]] == 0)
+        np.testing.assert_allclose(p.pose_conditions[:, 1], np.sin(delta), atol=1e-6)
+        np.testing.assert_allclose(p.pose_conditions[:, 2], np.cos(delta), atol=1e-6)
+        assert np.all(p.pose_conditions[:, [0, 3]] == 0)
 
 
 def test_generate_limits_and_temperatures():
@@ -72,7 +72,7 @@ def test_single_mode_intermediate_views():
         assert p.weights.sum() == pytest.approx(1.0, abs=1e-6)
     last = plans[-1]
     # input reference: T = [d_polar, sin d_az, cos d_az, d_radius] of the full delta
-    np.testing.assert_allclose(last.T[0], [math.radians(-20), math.sin(math.radians(65)),
+    np.testing.assert_allclose(last.pose_conditions[0], [math.radians(-20), math.sin(math.radians(65)),
                                             math.cos(math.radians(65)), 0.3], atol=1e-6)
     d_in = math.radians(20) + math.radians(65)
     assert last.weights[0] == pytest.approx(math.exp(-d_in / math.pi / 0.5), rel=1e-5)

@@ -89,7 +89,7 @@ def test_one_interpolated_step_matches_an_independent_computation(tiny_model, re
                           for s in (1, 2)]
     refs = [eng.encode_view(im) for im in refs_img]
     sched = make_ddim_schedule(STEPS, 1.0)
-    den = eng.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights), sched, 3.0)
+    den = eng.bind(refs, torch.from_numpy(plan.pose_conditions), torch.from_numpy(plan.weights), sched, 3.0)
     g = torch.Generator().manual_seed(3)
     x = torch.randn((1, 4, 8, 8), generator=g)
     noise = torch.randn((3, 4, 8, 8), generator=g)
@@ -98,7 +98,7 @@ def test_one_interpolated_step_matches_an_independent_computation(tiny_model, re
     t = torch.tensor([int(sched.timesteps[i])])
     acc = torch.zeros((1, 4, 8, 8), dtype=torch.float64)
     for k in range(3):
-        c = tiny_model.project(refs[k].clip, torch.from_numpy(plan.T[k:k + 1]))
+        c = tiny_model.project(refs[k].clip, torch.from_numpy(plan.pose_conditions[k:k + 1]))
         e_c = tiny_model.denoise(torch.cat([x, refs[k].latent], 1), t, c).double()
         e_u = tiny_model.denoise(torch.cat([x, torch.zeros_like(x)], 1), t, torch.zeros_like(c)).double()
         e = e_u + 3.0 * (e_c - e_u)

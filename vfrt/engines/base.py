@@ -4,7 +4,7 @@ An engine owns the networks on a device and offers three things:
 
 * ``encode_view(image) -> ViewEncoding``: the per-reference data that never changes between
   steps or targets (CLIP embedding, VAE posterior mean); the runtime caches it per view.
-* ``bind(refs, T, weights, schedule, guidance) -> ViewDenoiser``: conditioning for one target
+* ``bind(refs, poses, weights, schedule, guidance) -> ViewDenoiser``: conditioning for one target
   view with K references; ``ViewDenoiser.run(x_T, step_noise)`` runs the S interpolated
   DDIM steps on the one shared latent and returns it.
 * ``decode(z) -> image``: VAE decode of a latent, clamped to [-1, 1].
@@ -68,9 +68,9 @@ class Engine(Protocol):
         """image: (1, 3, H, W) float32 in [-1, 1]."""
         ...
 
-    def bind(self, refs: Sequence[ViewEncoding], T: torch.Tensor, weights: torch.Tensor,
+    def bind(self, refs: Sequence[ViewEncoding], poses: torch.Tensor, weights: torch.Tensor,
              schedule, guidance: float) -> ViewDenoiser:
-        """refs: K encodings (input first); T: (K, 4); weights: (K,) summing to 1."""
+        """refs: K encodings (input first); poses: (K, 4) pose conditions (SPEC's T); weights: (K,) summing to 1."""
         ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -115,14 +115,15 @@ class FastEngine:
         return self._executors["vae_decoder"].run({"latent": z.to(self.device, torch.float32)})["image"]
 
     @torch.no_grad()
-    def bind(self, refs: Sequence[ViewEncoding], T: torch.Tensor, weights: torch.Tensor, schedule,
+    def bind(self, refs: Sequence[ViewEncoding], poses: torch.Tensor, weights: torch.Tensor, schedule,
              guidance: float) -> "FastDenoiser":
-        """Conditioning of one target view on K references (input first): T (K, 4), weights (K,) summing to 1."""
+        """Conditioning of one target view on K references (input first): poses (K, 4) pose
+        conditions (SPEC's T), weights (K,) summing to 1."""
         K = len(refs)
         dev = self.device
         clip = torch.cat([r.clip.to(dev, torch.float32) for r in refs], 0)
         latent = torch.cat([r.latent.to(dev, torch.float32) for r in refs], 0)
-        pose = T.to(dev, torch.float32).reshape(K, 4)
+        pose = poses.to(dev, torch.float32).reshape(K, 4)
         keep = torch.ones((K,), device=dev)
         if float(guidance) != 1.0:   # row 0: the unconditional branch (zero context, zero latent)
             clip = torch.cat([torch.zeros_like(clip[:1]), clip], 0)

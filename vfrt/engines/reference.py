@@ -40,9 +40,9 @@ class ReferenceEngine:
         return ViewEncoding(clip=self.model.embed_image(image).float(),
                             latent=self.model.encode_latent(image).float())
 
-    def bind(self, refs: Sequence[ViewEncoding], T: torch.Tensor, weights: torch.Tensor,
+    def bind(self, refs: Sequence[ViewEncoding], poses: torch.Tensor, weights: torch.Tensor,
              schedule, guidance: float) -> "_ReferenceDenoiser":
-        return _ReferenceDenoiser(self, refs, T, weights, schedule, guidance)
+        return _ReferenceDenoiser(self, refs, poses, weights, schedule, guidance)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -52,14 +52,14 @@ class ReferenceEngine:
 
 
 class _ReferenceDenoiser:
-    def __init__(self, engine: ReferenceEngine, refs, T, weights, schedule, guidance):
+    def __init__(self, engine: ReferenceEngine, refs, poses, weights, schedule, guidance):
         m, dev = engine.model, engine.device
         self.model, self.device, self.guidance = m, dev, float(guidance)
         K = len(refs)
         clip = torch.cat([r.clip for r in refs], 0)                            # (K, D)
-        T = T.to(dev, torch.float32).reshape(K, 4)
+        poses = poses.to(dev, torch.float32).reshape(K, 4)
         with torch.no_grad():
-            c = m.project(clip, T)                                             # (K, 1, ctx)
+            c = m.project(clip, poses)                                         # (K, 1, ctx)
         latents = torch.cat([r.latent for r in refs], 0)                       # (K, 4, h, w)
         if self.guidance != 1.0:
             self.c_concat = torch.cat([torch.zeros_like(latents), latents], 0)  # (2K, 4, h, w)

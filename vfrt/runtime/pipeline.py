@@ -249,7 +249,7 @@ class Pipeline:
             else:
                 with self._clear_oom(v, plan):
                     refs = [reference(int(s)) for s in plan.references]
-                    den = self.engine.bind(refs, torch.from_numpy(plan.T), torch.from_numpy(plan.weights), schedule,
+                    den = self.engine.bind(refs, torch.from_numpy(plan.pose_conditions), torch.from_numpy(plan.weights), schedule,
                                            sampler.guidance)
                     decoded = self.engine.decode(den.run(x_T, step_noise, device_generator))
                     # The GPU work of this view is queued: draw the next view's noise (same order of draws)

@@ -33,13 +33,14 @@ class ViewPlan:
         pose: (polar, azimuth, radius) of the target relative to input view 0; radians.
         references: (K,) int64 slot ids of the reference views, input view first.
         weights: (K,) float32 interpolation weights w_k, summing to 1.
-        T: (K, 4) float32 pose conditions [d_polar, sin d_az, cos d_az, d_radius] (target - reference).
+        pose_conditions: (K, 4) float32, SPEC's T: [d_polar, sin d_az, cos d_az, d_radius]
+            (target - reference).
     """
 
     pose: tuple[float, float, float]
     references: np.ndarray
     weights: np.ndarray
-    T: np.ndarray
+    pose_conditions: np.ndarray
 
     @property
     def K(self) -> int:
@@ -91,7 +92,7 @@ def plan_orbit(n_views: int = 36, generate: int | None = None, inference_temp: f
         T[:, 2] = torch.cos(rot_t)
         T = T[torch.from_numpy(valid)]
         plans.append(ViewPlan(pose=(0.0, float(view_angle), 0.0), references=np.nonzero(valid)[0].astype(np.int64),
-                              weights=w.numpy().astype(np.float32), T=T.numpy()))
+                              weights=w.numpy().astype(np.float32), pose_conditions=T.numpy()))
         anchors.append(view_angle)
     return plans
 
@@ -137,7 +138,8 @@ def plan_single(delta_polar: float, delta_azimuth: float, delta_radius: float = 
         T = torch.stack([rot_t[:, 0], torch.sin(rot_t[:, 1]), torch.cos(rot_t[:, 1]), rot_t[:, 2]], dim=1)
         T = T[torch.from_numpy(valid)]
         plans.append(ViewPlan(pose=tuple(float(a) for a in view_angle), references=np.nonzero(valid)[0].astype(np.int64),
-                              weights=w.numpy().astype(np.float32), T=T.numpy().astype(np.float32)))
+                              weights=w.numpy().astype(np.float32),
+                              pose_conditions=T.numpy().astype(np.float32)))
         anchors.append(view_angle)
     return plans
 
@@ -191,7 +193,7 @@ def plan_multi_input(input_poses, n_views: int = 36, generate: int | None = None
         T[:, 3] = torch.from_numpy(rot[:, 2])
         T = T[torch.from_numpy(valid)]
         plans.append(ViewPlan(pose=(0.0, float(view_angle[1]), 0.0), references=np.nonzero(valid)[0].astype(np.int64),
-                              weights=w.numpy().astype(np.float32), T=T.numpy()))
+                              weights=w.numpy().astype(np.float32), pose_conditions=T.numpy()))
         anchors.append(view_angle)
     return plans
 
