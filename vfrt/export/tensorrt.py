@@ -19,6 +19,7 @@ when complete.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -168,6 +169,9 @@ def build_plan(trt, onnx_path: Path, spec: NetworkSpec, plan_path: Path, targets
             build_config.set_compute_capability(known[capability], i)
     if config.optimization_level is not None:
         build_config.builder_optimization_level = config.optimization_level
+    if known and config.timing_cache is not None:
+        log.info("%s has no timing cache (kernels are specialised at first run); %s is not used", trt.__name__,
+                 config.timing_cache)
     cache = _load_timing_cache(build_config, config.timing_cache) if not known else None
 
     start = time.perf_counter()
@@ -220,10 +224,12 @@ def build_plans(networks: Networks, specs: dict[str, NetworkSpec], out_dir: Path
     onnx_dir = out_dir / "onnx"
     artifacts: dict[str, OnnxArtifact] = export_networks(networks, specs, onnx_dir, config.onnx, names=names,
                                                          device=device)
+    gpu = torch.cuda.device(device) if here is not None else contextlib.nullcontext()
     try:
-        return {name: build_plan(trt, onnx_dir / artifact.model, specs[name], out_dir / f"{name}.plan", targets,
-                                 config, artifact.to_dict())
-                for name, artifact in artifacts.items()}
+        with gpu:                   # TensorRT builds on the current CUDA device
+            return {name: build_plan(trt, onnx_dir / artifact.model, specs[name], out_dir / f"{name}.plan", targets,
+                                     config, artifact.to_dict())
+                    for name, artifact in artifacts.items()}
     finally:
         if not config.keep_onnx:
             shutil.rmtree(onnx_dir, ignore_errors=True)
