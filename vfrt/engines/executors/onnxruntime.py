@@ -162,9 +162,10 @@ class OnnxRuntimeExecutor(ExecutorBase):
         foreign = [name for name, value in inputs.items() if value.device != self.device]
         if foreign:
             raise SpecMismatchError(f"{self.spec.name}: inputs {foreign} are not on {self.device}")
+        bound = _contiguous(inputs)       # held until the run is done: ONNX Runtime reads them by address
         if self.device.type == "cpu":
             outputs = self._allocate_outputs(sizes)
-            self._session.run_with_iobinding(self._binding(_contiguous(inputs), outputs), self._run_options)
+            self._session.run_with_iobinding(self._binding(bound, outputs), self._run_options)
             return outputs
         # everything below is allocated and copied on the caller's stream; the session's stream waits
         # for it and the caller's stream waits for the session (the allocator reuses blocks per stream)
@@ -175,7 +176,7 @@ class OnnxRuntimeExecutor(ExecutorBase):
                 static_in[name].copy_(value)
         else:
             static_out = self._allocate_outputs(sizes)
-            binding, options = self._binding(_contiguous(inputs), static_out), self._run_options
+            binding, options = self._binding(bound, static_out), self._run_options
         self._stream.wait_stream(current)
         self._session.run_with_iobinding(binding, options)
         current.wait_stream(self._stream)

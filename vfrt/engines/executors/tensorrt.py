@@ -247,7 +247,9 @@ class TensorRTExecutor(ExecutorBase):
         foreign = [name for name, value in inputs.items() if value.device != self.device]
         if foreign:
             raise SpecMismatchError(f"{self.spec.name}: inputs {foreign} are not on {self.device}")
-        bound = {name: value.contiguous() for name, value in inputs.items()}   # alive until the enqueue is done
+        # contiguous copies may be freed on return: the allocator reuses their blocks only for later work
+        # on this stream, which runs after the plan
+        bound = {name: value.contiguous() for name, value in inputs.items()}
         for name, value in bound.items():
             shape = tuple(value.shape)
             if self._shapes.get(name) != shape:
