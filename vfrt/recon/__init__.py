@@ -6,11 +6,12 @@ scikit-image, Triton) are imported lazily by the functions that need them.
 """
 from vfrt.runtime.cameras import write_transforms_json
 from vfrt.recon.config import HashGridConfig, ReconConfig
-from vfrt.recon.errors import (ConfigError, EmptySurfaceError, InputDataError, ReconError,
+from vfrt.recon.errors import (ConfigError, EmptySurfaceError, InputDataError, OutputDirError, ReconError,
                                TrainingDivergedError)
-from vfrt.recon.pipeline import ReconResult, reconstruct
+from vfrt.recon.pipeline import ReconResult, check_out_dir, default_out_dir, reconstruct
 
 __all__ = [
-    "ConfigError", "EmptySurfaceError", "HashGridConfig", "InputDataError", "ReconConfig", "ReconError",
-    "ReconResult", "TrainingDivergedError", "reconstruct", "write_transforms_json",
+    "ConfigError", "EmptySurfaceError", "HashGridConfig", "InputDataError", "OutputDirError", "ReconConfig",
+    "ReconError", "ReconResult", "TrainingDivergedError", "check_out_dir", "default_out_dir", "reconstruct",
+    "write_transforms_json",
 ]

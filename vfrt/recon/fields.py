@@ -116,14 +116,20 @@ class ColorNetwork(nn.Module):
 
 
 class VarianceNetwork(nn.Module):
-    """Learned NeuS sharpness ``inv_s = exp(10 * variance)`` (the 1/s of the logistic density)."""
+    """Learned NeuS sharpness ``inv_s = max(exp(10 * variance), floor)`` (the 1/s of the logistic density).
+
+    ``floor`` is set by the trainer's sharpness schedule: the learned value alone rises slowly
+    in a short training, and a blurry density fattens thin parts (the mask loss then pulls the
+    surface outwards to make grazing rays opaque).
+    """
 
     def __init__(self, init: float) -> None:
         super().__init__()
         self.variance = nn.Parameter(torch.tensor(float(init)))
+        self.floor = 0.0
 
     def inv_s(self) -> torch.Tensor:
-        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+        return torch.exp(self.variance * 10.0).clamp(max(1e-6, self.floor), 1e6)
 
 
 @dataclass
