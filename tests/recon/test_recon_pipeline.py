@@ -60,7 +60,7 @@ def test_config_validation():
         ReconConfig(n_importance=33)
     with pytest.raises(ConfigError, match="unknown ReconConfig field"):
         ReconConfig.from_preset("quick", stepz=3)
-    assert ReconConfig.from_preset("quick", steps=None).steps == 250
+    assert ReconConfig.from_preset("quick", steps=None).steps == ReconConfig.from_preset("quick").steps == 800
 
 
 def test_cli_recon_runs(tiny_orbit, tmp_path):
@@ -68,9 +68,16 @@ def test_cli_recon_runs(tiny_orbit, tmp_path):
 
     res = CliRunner().invoke(recon, [str(tiny_orbit), "-o", str(tmp_path / "p"), "--preset", "quick", "--steps", "2",
                                      "--image-size", "16", "--mc-resolution", "16", "--no-turntable",
-                                     "--grid-levels", "4", "--grid-log2-table", "12", "--grid-finest", "32", "--psnr"])
+                                     "--grid-levels", "4", "--grid-log2-table", "12", "--grid-finest", "32", "--psnr",
+                                     "--texture-size", "64"])
     assert res.exit_code == 0, res.output
     assert "colour PSNR" in res.output
+    import trimesh
+
+    glb = trimesh.load(tmp_path / "p" / "mesh.glb", force="mesh")
+    assert glb.visual.kind == "texture" and glb.volume > 0  # UV texture in the .glb
+    assert trimesh.load(tmp_path / "p" / "mesh.ply", force="mesh").visual.kind == "vertex"
+    assert list((tmp_path / "p").glob("*.png"))  # the .obj's texture image
     summary = json.loads((tmp_path / "p" / "recon.json").read_text())
     grid = summary["config"]["hashgrid"]
     assert (grid["n_levels"], grid["log2_hashmap_size"], grid["finest_resolution"]) == (4, 12, 32)

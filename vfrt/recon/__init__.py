@@ -1,8 +1,10 @@
 """NeuS reconstruction from generated views: hash-grid encoding (reference + fused Triton
-kernel), fields, renderer, trainer, mesh extraction, demo renderer and mesh metrics.
+kernel), visual hull, fields, renderer, trainer, mesh extraction, colour baking, demo renderer,
+test objects and metrics.
 
-Self-contained: imports nothing from other ``vfrt`` subpackages. Heavy modules (trimesh,
-scikit-image, Triton) are imported lazily by the functions that need them.
+Imports nothing from other ``vfrt`` subpackages but the orbit cameras (``vfrt.runtime.cameras``).
+Heavy modules (trimesh, scikit-image, xatlas, Triton) are imported lazily by the functions that
+need them.
 """
 from vfrt.runtime.cameras import write_transforms_json
 from vfrt.recon.config import HashGridConfig, ReconConfig

@@ -106,6 +106,7 @@ class ReconConfig:
     feature_dim: int = 13
     color_hidden: int = 64
     color_layers: int = 2
+    color_hashgrid: HashGridConfig | None = None  # the colour network's own position encoding (None: SDF features only)
     init_radius: float = 0.5  # geometric init: SDF of a sphere of this radius
     progressive_start_levels: int = 4  # coarse-to-fine: levels enabled at step 0
     progressive_level_steps: int = 100  # one more level every this many steps
@@ -177,24 +178,43 @@ class ReconConfig:
 
 
 _PRESET_FIELDS: dict[str, dict] = {
-    "default": {},
-    # CPU-friendly: 64 px views, a small grid, 250 steps (a few minutes on 2 CPU cores).
+    # GPU: 256 px views, 1000 steps of 4096 rays; samples inside the visual hull; docs/RECON.md has the numbers.
+    "default": dict(
+        steps=1000,
+        warmup_steps=100,
+        cos_anneal_steps=300,
+        n_samples=24,
+        n_importance=24,
+        progressive_level_steps=50,
+        lr_variance=5e-3,
+        inv_s_floor_start=30.0,
+        inv_s_floor_end=2000.0,
+        mask_weight=0.3,
+        hull_resolution=128,
+        color_hashgrid=HashGridConfig(n_levels=12, log2_hashmap_size=18, base_resolution=16, finest_resolution=1024),
+    ),
+    # CPU: 96 px views, a small grid, 800 steps of 320 rays (about 2 minutes on 2 CPU cores).
     "quick": dict(
-        image_size=64,
-        steps=250,
+        image_size=96,
+        steps=800,
         rays_per_batch=256,
         foreground_rays_per_batch=64,
-        warmup_steps=25,
-        cos_anneal_steps=100,
+        warmup_steps=50,
+        cos_anneal_steps=200,
         n_samples=16,
         n_importance=16,
-        hashgrid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, finest_resolution=64),
-        hull_resolution=64,
+        hashgrid=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=8, finest_resolution=128),
+        color_hashgrid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, finest_resolution=128),
         progressive_start_levels=3,
-        progressive_level_steps=25,
+        progressive_level_steps=60,
+        lr_variance=1e-2,
+        inv_s_floor_start=20.0,
+        inv_s_floor_end=600.0,
+        mask_weight=0.3,
+        hull_resolution=64,
         sdf_hidden=32,
         color_hidden=32,
-        mc_resolution=64,
+        mc_resolution=128,
         turntable_frames=8,
         turntable_size=96,
     ),

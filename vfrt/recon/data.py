@@ -128,14 +128,22 @@ def _load_transforms(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
             f = next((f.with_suffix(s) for s in IMAGE_SUFFIXES if f.with_suffix(s).exists()), f)
         if not f.exists():
             raise InputDataError(f"{path}: frame {i} names {fr['file_path']!r}, which does not exist")
-        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        if m.shape != (4, 4) or not np.isfinite(m).all():
-            raise InputDataError(f"{path}: frame {i} transform_matrix is not a finite 4x4 matrix")
         files.append(f)
-        mats.append(m)
+        mats.append(_matrix4(fr["transform_matrix"], f"{path}: frame {i} transform_matrix"))
     from vfrt.runtime.cameras import opengl_to_opencv_c2w
 
     return files, opengl_to_opencv_c2w(np.stack(mats)), meta
+
+
+def _matrix4(value, what: str) -> np.ndarray:
+    """A finite (4, 4) float64 matrix from JSON, or an InputDataError naming ``what``."""
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        m = np.zeros(0)
+    if m.shape != (4, 4) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-12:
+        raise InputDataError(f"{what} is not a finite 4x4 (invertible) matrix")
+    return m
 
 
 def _load_cameras_json(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
@@ -147,11 +155,8 @@ def _load_cameras_json(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
         f = folder / str(view.get("file", ""))
         if not f.is_file():
             raise InputDataError(f"{path}: view {i} names {view.get('file')!r}, which does not exist")
-        m = np.asarray(view["world_to_camera_opencv"], dtype=np.float64)
-        if m.shape != (4, 4) or not np.isfinite(m).all():
-            raise InputDataError(f"{path}: view {i} world_to_camera_opencv is not a finite 4x4 matrix")
         files.append(f)
-        mats.append(np.linalg.inv(m))
+        mats.append(np.linalg.inv(_matrix4(view["world_to_camera_opencv"], f"{path}: view {i} world_to_camera_opencv")))
     k = np.asarray(meta.get("K", []), dtype=np.float64)
     if k.shape != (3, 3):
         raise InputDataError(f"{path}: no 3x3 'K'")

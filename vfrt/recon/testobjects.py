@@ -9,8 +9,9 @@ reconstruction from it is the reconstruction's own.
 
 * ``chair``: four square legs, side and front rungs (radius 0.016), a seat, a back of two
   posts, a top rail and three slats with gaps; checked seat, striped slats.
-* ``mug``: a cylinder with a cavity open at the top (inner radius 0.22, 0.06 floor) and a
-  ring handle; horizontal colour bands.
+* ``mug``: a cylinder with a cavity open at the top (inner radius 0.22, 0.26 deep: from 30
+  degrees of elevation the far inner wall shows down to the floor) and a ring handle;
+  horizontal colour bands.
 * ``toy``: a bear: ellipsoid body, head, ears, snout, four capsule limbs; checked belly,
   dark paws and ears.
 
@@ -121,7 +122,7 @@ def _chair_albedo(p: torch.Tensor) -> torch.Tensor:
 
 def _mug_sdf(p: torch.Tensor) -> torch.Tensor:
     body = sd_cylinder_z(p, (0.0, 0.0, -0.05), 0.27, 0.27)
-    cavity = sd_cylinder_z(p, (0.0, 0.0, 0.01 + 0.5), 0.22, 0.5)  # floor at z = -0.26 (0.06 thick), open top
+    cavity = sd_cylinder_z(p, (0.0, 0.0, -0.04 + 0.5), 0.22, 0.5)  # floor at z = -0.04, 0.26 deep, open top
     handle = sd_torus_xz(p, (0.3, 0.0, -0.03), 0.13, 0.03)
     handle = torch.maximum(handle, -sd_cylinder_z(p, (0.0, 0.0, -0.05), 0.26, 0.4))  # no handle in the wall
     return torch.maximum(_union(body, handle), -cavity)
@@ -131,7 +132,7 @@ def _mug_albedo(p: torch.Tensor) -> torch.Tensor:
     band = torch.floor((p[:, 2] + 0.32) * 14.0).remainder(3.0)
     col = torch.stack([_mix((band == k).float(), c, (0.0, 0.0, 0.0)) for k, c in
                        enumerate([(0.15, 0.3, 0.75), (0.92, 0.92, 0.88), (0.8, 0.2, 0.15)])]).sum(0)
-    inside = (p[:, :2].norm(dim=-1) < 0.235) & (p[:, 2] > -0.265)
+    inside = (p[:, :2].norm(dim=-1) < 0.235) & (p[:, 2] > -0.045)
     return torch.where(inside[:, None], p.new_tensor((0.95, 0.75, 0.35)).expand_as(col), col)
 
 
