@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from vfrt.cli.recon import recon
 
-FAST = ["--preset", "quick", "--steps", "4", "--image-size", "24", "--mc-resolution", "24", "--no-turntable"]
+FAST = ["--preset", "quick", "--steps", "2", "--image-size", "16", "--mc-resolution", "16", "--no-turntable",
+        "--grid-levels", "3", "--grid-log2-table", "10", "--grid-finest", "32"]
 
 
 @pytest.fixture
@@ -91,11 +92,11 @@ def test_default_output_goes_next_to_the_views(tiny_orbit, tmp_path, monkeypatch
     assert not list(tmp_path.glob("run/.recon*"))  # no temporary folders left
 
 
-def test_images_only_and_partial_transforms_are_announced(tiny_orbit, tmp_path):
+def test_images_only_and_partial_transforms_are_announced_before_training(tiny_orbit, tmp_path, no_training):
     plain = tmp_path / "plain"
     shutil.copytree(tiny_orbit / "views", plain)
     res = _invoke(plain, "-o", tmp_path / "o1", *FAST)
-    assert res.exit_code == 0, res.output
+    assert "training started" in str(res.exception)  # the note came first
     assert "default orbit cameras" in res.output and "elevation 30" in res.output
     partial = tmp_path / "partial"
     shutil.copytree(tiny_orbit, partial)
@@ -103,13 +104,15 @@ def test_images_only_and_partial_transforms_are_announced(tiny_orbit, tmp_path):
     meta["frames"] = meta["frames"][:5]
     (partial / "transforms.json").write_text(json.dumps(meta))
     res = _invoke(partial, "-o", tmp_path / "o2", *FAST)
-    assert res.exit_code == 0, res.output
+    assert "training started" in str(res.exception)
     assert "lists 5 frames but the folder holds 8 images" in res.output
+    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())  # nothing half-written
 
 
 def test_help_shows_defaults_and_ranges():
     res = CliRunner().invoke(recon, ["--help"])
     assert res.exit_code == 0
     text = " ".join(res.output.split())
-    for piece in ("[default: default]", "[default: auto]", "cuda:N", "16-2048", "INPUT_DIR/recon", "64-8192"):
+    for piece in ("[default: default]", "[default: auto]", "cuda:N", "16-2048", "INPUT_DIR/recon", "64-8192",
+                  "[default: 1000; quick: 600]"):
         assert piece in text, piece

@@ -94,7 +94,7 @@ def test_uv_texture_bake_and_glb(sphere_orbit, tmp_path):
     pytest.importorskip("xatlas")
     mesh, data = sphere_orbit
     small = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
-    textured = bake_texture(small, data, _stub_fields(), CPU, size=256)
+    textured = bake_texture(small, data, _stub_fields(), CPU, size=128)
     assert textured.visual.uv.shape == (len(textured.vertices), 2)
     score = colour_psnr(textured, data)
     vertex = colour_psnr(_with_colours(small, bake_vertex_colours(small, data, _stub_fields(), CPU)), data)

@@ -8,11 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vfrt.recon import ConfigError, ReconConfig, TrainingDivergedError, reconstruct
+from vfrt.recon import ConfigError, HashGridConfig, ReconConfig, TrainingDivergedError, reconstruct
 from vfrt.recon.data import load_views
 
 TINY = dict(steps=12, image_size=32, mc_resolution=32, turntable_frames=2, turntable_size=32, nan_check_every=4,
-            rays_per_batch=128, foreground_rays_per_batch=32)
+            rays_per_batch=128, foreground_rays_per_batch=32, hull_resolution=24,
+            hashgrid=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, finest_resolution=32),
+            color_hashgrid=HashGridConfig(n_levels=2, log2_hashmap_size=10, base_resolution=8, finest_resolution=16))
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo_orbit"
 
 
@@ -60,7 +62,7 @@ def test_config_validation():
         ReconConfig(n_importance=33)
     with pytest.raises(ConfigError, match="unknown ReconConfig field"):
         ReconConfig.from_preset("quick", stepz=3)
-    assert ReconConfig.from_preset("quick", steps=None).steps == ReconConfig.from_preset("quick").steps == 800
+    assert ReconConfig.from_preset("quick", steps=None).steps == ReconConfig.from_preset("quick").steps == 600
 
 
 def test_cli_recon_runs(tiny_orbit, tmp_path):
@@ -90,6 +92,21 @@ def test_same_seed_same_mesh_on_cpu(tiny_orbit, tmp_path):
     b = reconstruct(tiny_orbit, tmp_path / "b", cfg, turntable=False)
     assert (tmp_path / "a" / "mesh.ply").read_bytes() == (tmp_path / "b" / "mesh.ply").read_bytes()
     assert a.final_loss == b.final_loss
+
+
+@pytest.mark.slow
+def test_quick_preset_on_a_test_object(tmp_path):
+    """The quick preset end to end on a perfect 36-view orbit of the toy (limbs, checked belly)."""
+    from vfrt.recon.metrics import evaluate_mesh, load_mesh
+    from vfrt.recon.testobjects import write_object_orbit
+
+    orbit = write_object_orbit(tmp_path / "toy", "toy", n_views=36, image_size=256, spacing=0.006)
+    res = reconstruct(orbit, tmp_path / "out", ReconConfig.from_preset("quick", device="cpu"), turntable=False,
+                      evaluate_colours=True)
+    m = evaluate_mesh(load_mesh(res.mesh_paths["ply"]), load_mesh(orbit / "reference.ply"), n_samples=50_000)
+    assert m.chamfer <= 0.02 and m.fscore >= 0.8
+    assert load_mesh(res.mesh_paths["glb"]).volume > 0
+    assert res.colour.psnr_full >= 20.0
 
 
 @pytest.mark.slow

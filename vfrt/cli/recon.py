@@ -12,7 +12,19 @@ from pathlib import Path
 
 import click
 
+from vfrt.recon.config import ReconConfig  # light: dataclasses only
+
 log = logging.getLogger(__name__)
+_DEFAULT, _QUICK = ReconConfig.from_preset("default"), ReconConfig.from_preset("quick")
+
+
+def _preset_default(name: str, of=lambda c, n: getattr(c, n)) -> str:
+    """``[default: 1000; quick: 600]`` for a ReconConfig field (``of`` picks nested values)."""
+    return f"[default: {of(_DEFAULT, name)}; quick: {of(_QUICK, name)}]"
+
+
+def _grid(name: str) -> str:
+    return _preset_default(name, lambda c, n: getattr(c.hashgrid, n))
 
 
 def _require_recon_extra() -> None:
@@ -37,34 +49,36 @@ def _device_option(ctx, param, value: str) -> str:
               help="Output folder, created if needed; an existing one must be empty or hold an earlier "
                    "reconstruction, which is replaced [default: INPUT_DIR/recon].")
 @click.option("--preset", type=click.Choice(["default", "quick"]), default="default", show_default=True,
-              help="'default' is for a GPU (256 px views, 16-level grid); 'quick' for a CPU (128 px, small grid).")
+              help=f"'default' is for a GPU (native views, {_DEFAULT.hashgrid.n_levels}-level grid); 'quick' for "
+                   f"a CPU ({_QUICK.image_size} px, {_QUICK.hashgrid.n_levels}-level grid).")
 @click.option("--elevation", "elevation_deg", type=click.FloatRange(-90, 90, min_open=True, max_open=True),
               default=None, help="Camera elevation above the horizon in degrees, (-90, 90), for folders without "
                                  "cameras (transforms.json / cameras.json) [default: 30].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps, >= 1 [default: the preset's].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help=f"Training steps, >= 1 {_preset_default('steps')}.")
 @click.option("--image-size", type=click.IntRange(min=8), default=None,
-              help="Train on views resized to this square size, >= 8 px [default: the preset's].")
+              help=f"Train on views resized to this square size, >= 8 px {_preset_default('image_size')} "
+                   "(None: native size; colours always come from the native views).")
 @click.option("--backend", type=click.Choice(["auto", "reference", "triton", "tcnn"]), default="auto",
               show_default=True, help="Hash-grid encoding: auto = tcnn if it imports, else triton on CUDA, else "
                                       "the PyTorch reference.")
 @click.option("--device", default="auto", show_default=True, callback=_device_option,
               help="auto, cpu, cuda or cuda:N (auto: the first GPU when torch sees one).")
 @click.option("--mc-resolution", type=click.IntRange(16, 2048), default=None,
-              help="Marching-cubes samples along the object's longest side, 16-2048 [default: the preset's].")
-@click.option("--texture-size", type=click.IntRange(0, 8192), default=None,
-              help="Also bake a UV texture of this many texels a side into mesh.glb / mesh.obj, 64-8192; "
-                   "0 = vertex colours only [default: the preset's].")
+              help=f"Marching-cubes samples along the object's longest side, 16-2048 {_preset_default('mc_resolution')}.")
+@click.option("--texture-size", type=click.IntRange(0, 8192), default=0, show_default=True,
+              help="Also bake a UV texture (xatlas) of this many texels a side into mesh.glb / mesh.obj, 64-8192, "
+                   "e.g. 1024; 0 = vertex colours only.")
 @click.option("--colours", "colour_source", type=click.Choice(["views", "field"]), default="views", show_default=True,
               help="Mesh colours from the input views by visibility, or from the trained radiance field.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate of the encoding and MLPs, > 0 [default: 0.01].")
+              help=f"Learning rate of the encoding and MLPs, > 0 {_preset_default('lr')}.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialisation and ray batches.")
 @click.option("--grid-levels", type=click.IntRange(1, 32), default=None,
-              help="Hash-grid levels, 1-32 [default: the preset's].")
+              help=f"Hash-grid levels, 1-32 {_grid('n_levels')}.")
 @click.option("--grid-log2-table", type=click.IntRange(8, 24), default=None,
-              help="log2 of the hash-table rows per level, 8-24 [default: the preset's].")
+              help=f"log2 of the hash-table rows per level, 8-24 {_grid('log2_hashmap_size')}.")
 @click.option("--grid-finest", type=click.IntRange(min=2), default=None,
-              help="Finest hash-grid resolution, >= the base resolution [default: the preset's].")
+              help=f"Finest hash-grid resolution, >= the base resolution {_grid('finest_resolution')}.")
 @click.option("--no-mixed-precision", is_flag=True, help="Keep the colour network in fp32 on CUDA.")
 @click.option("--no-turntable", is_flag=True, help="Skip the turntable render.")
 @click.option("--reference", "reference_mesh", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -72,7 +86,7 @@ def _device_option(ctx, param, value: str) -> str:
 @click.option("--psnr", "evaluate_colours", is_flag=True,
               help="Also render the mesh from the input cameras and report its colour PSNR against the views.")
 def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: float | None, steps: int | None,
-          image_size: int | None, backend: str, device: str, mc_resolution: int | None, texture_size: int | None,
+          image_size: int | None, backend: str, device: str, mc_resolution: int | None, texture_size: int,
           colour_source: str, lr: float | None, seed: int, grid_levels: int | None, grid_log2_table: int | None,
           grid_finest: int | None, no_mixed_precision: bool, no_turntable: bool, reference_mesh: Path | None,
           evaluate_colours: bool) -> None:
@@ -83,8 +97,7 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
     mesh.ply / mesh.obj / mesh.glb, turntable.gif and recon.json.
     """
     _require_recon_extra()
-    from vfrt.recon import (InputDataError, OutputDirError, ReconConfig, ReconError, check_out_dir,
-                            default_out_dir, reconstruct)
+    from vfrt.recon import InputDataError, OutputDirError, ReconError, check_out_dir, default_out_dir, reconstruct
     from vfrt.recon.data import count_views, input_layout, input_notes
     from vfrt.recon.trainer import resolve_device
 
