@@ -119,3 +119,17 @@ def test_bundled_demo_is_loadable():
     data = load_views(DEMO)
     assert data.n_views >= 12 and data.source == "transforms.json"
     assert (DEMO / "reference.ply").exists()
+
+
+@pytest.mark.gpu
+def test_default_preset_path_runs_on_cuda(tiny_orbit, tmp_path):
+    """The GPU route end to end (auto backend: tcnn or the Triton kernels, fp16 colour net, colour grid,
+    hull, texture) at a tiny size; quality and speed are the benchmark's job."""
+    cfg = ReconConfig.from_preset("default", device="cuda", steps=30, rays_per_batch=512, foreground_rays_per_batch=64,
+                                  mc_resolution=64, texture_size=128, turntable_frames=2, turntable_size=32)
+    res = reconstruct(tiny_orbit, tmp_path / "out", cfg, evaluate_colours=True)
+    assert res.backend in ("triton", "tcnn") and res.device.startswith("cuda")
+    assert res.n_faces > 100 and res.colour.psnr_full > 10.0
+    import trimesh
+
+    assert trimesh.load(res.mesh_paths["glb"], force="mesh").visual.kind == "texture"
