@@ -105,3 +105,51 @@ def test_empty_and_missing_folders(tmp_path):
         load_views(tmp_path)
     with pytest.raises(InputDataError, match="does not exist"):
         load_views(tmp_path / "nope")
+
+
+def test_unfinished_orbit_uses_its_cameras_json(tiny_orbit, tmp_path):
+    """`vfrt run --generate K` writes cameras.json (no transforms.json): its poses are used, not a guess."""
+    import math
+
+    from vfrt.runtime.cameras import Intrinsics, world_to_camera
+
+    d = tmp_path / "run"
+    (d / "views").mkdir(parents=True)
+    k = Intrinsics.default(48)
+    views = []
+    for i in range(6):  # views 0-5 of an 8-view orbit: azimuths 0..225, not 0..300
+        shutil.copy(tiny_orbit / "views" / f"{i:03d}.png", d / "views" / f"{i:03d}.png")
+        views.append({"file": f"views/{i:03d}.png", "azimuth_deg": 45.0 * i, "elevation_deg": 30.0,
+                      "world_to_camera_opencv": world_to_camera(math.radians(45.0 * i), math.radians(30.0)).tolist()})
+    (d / "cameras.json").write_text(json.dumps({
+        "K": [[k.fx, 0.0, k.cx - 0.5], [0.0, k.fy, k.cy - 0.5], [0.0, 0.0, 1.0]], "width": 48, "height": 48,
+        "views": views}))
+    data = load_views(d)
+    ref = load_views(tiny_orbit)
+    assert data.source == "cameras.json" and data.n_views == 6
+    np.testing.assert_allclose(data.c2w, ref.c2w[:6], atol=1e-5)
+    assert (data.intrinsics.fx, data.intrinsics.cx) == pytest.approx((ref.intrinsics.fx, ref.intrinsics.cx))
+    views[2]["world_to_camera_opencv"] = [[1.0, 0.0], [0.0, 1.0]]
+    (d / "cameras.json").write_text(json.dumps({"K": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "views": views}))
+    with pytest.raises(InputDataError, match="view 2 world_to_camera_opencv is not a finite 4x4"):
+        load_views(d)
+
+
+def test_input_notes_say_how_the_folder_is_read(tiny_orbit, tmp_path):
+    from vfrt.recon.data import input_layout, input_notes
+
+    assert input_notes(tiny_orbit, input_layout(tiny_orbit), 8, 30.0) == ()
+    d = _copy(tiny_orbit, tmp_path / "o")
+    meta = json.loads((d / "transforms.json").read_text())
+    meta["frames"] = meta["frames"][:5]
+    (d / "transforms.json").write_text(json.dumps(meta))
+    data = load_views(d)
+    assert data.n_views == 5 and "lists 5 frames but the folder holds 8 images" in data.notes[0]
+    (d / "transforms.json").unlink()
+    data = load_views(d, elevation_deg=20.0)
+    assert data.source == "default-orbit" and "elevation 20 degrees" in data.notes[0]
+
+
+def test_a_file_is_not_a_folder(tiny_orbit):
+    with pytest.raises(InputDataError, match="is a file"):
+        load_views(tiny_orbit / "transforms.json")

@@ -122,3 +122,72 @@ def test_module_level_mask_skips_levels():
     enc.set_active_levels(2)
     out = enc(torch.rand(10, 3))
     assert out[:, 4:].abs().max() == 0 and out[:, :4].abs().max() > 0
+
+
+def test_encoding_backends_reports_what_runs_here(monkeypatch):
+    from vfrt.recon.hashgrid import encoding_backends
+
+    cpu = encoding_backends("cpu")
+    assert cpu["device"] == "cpu" and cpu["reference"] is True and cpu["tcnn"] is False
+    assert cpu["auto"] == "reference"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert encoding_backends("cpu")["triton"] is False
+    default = encoding_backends()
+    assert set(default) == {"device", "reference", "triton", "tcnn", "auto"}
+    assert default[default["auto"]] is True  # auto picks a backend that runs
+
+
+def test_tcnn_layout_reference_interpolates_the_grid_exactly():
+    """In tinycudann's layout, features that are a linear function of the grid point come back exactly
+    (trilinear interpolation reproduces linear functions): checks offsets, strides, scale and +0.5."""
+    from vfrt.recon.hashgrid import hash_encode_tcnn_reference, tcnn_level_layout
+
+    cfg = HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4,
+                         finest_resolution=12)
+    layout = tcnn_level_layout(cfg)
+    assert all(res**3 <= size for _, res, _, size in layout)  # all dense at this size
+    params = torch.zeros(sum(size for *_, size in layout) * 2)
+    a = torch.tensor([0.3, -1.2, 2.0])
+    for lvl, (scale, res, offset, size) in enumerate(layout):
+        g = torch.arange(res, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1)  # (x, y, z) coords
+        value = (grid @ a).permute(2, 1, 0).reshape(-1)  # row = x + y res + z res^2
+        rows = params[offset * 2:(offset + res**3) * 2].view(res**3, 2)
+        rows[:, 0] = value
+        rows[:, 1] = lvl + 1.0
+    x = torch.rand(500, 3, generator=torch.Generator().manual_seed(3)) * 0.98 + 0.01
+    out = hash_encode_tcnn_reference(x, params, cfg)
+    for lvl, (scale, res, _, _) in enumerate(layout):
+        pos = x * scale + 0.5
+        inner = (torch.floor(pos) + 1 < res).all(-1)  # beyond the last grid point tcnn wraps around (as here)
+        assert inner.float().mean() > 0.5
+        torch.testing.assert_close(out[inner, 2 * lvl], pos[inner] @ a, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(out[inner, 2 * lvl + 1], torch.full((int(inner.sum()),), lvl + 1.0))
+
+
+def test_tcnn_layout_hashed_levels_stay_in_range():
+    from vfrt.recon.hashgrid import hash_encode_tcnn_reference, tcnn_level_layout
+
+    cfg = HashGridConfig(n_levels=4, log2_hashmap_size=8, base_resolution=4, finest_resolution=64)
+    layout = tcnn_level_layout(cfg)
+    assert any(res**3 > size for _, res, _, size in layout) and all(size <= 256 for *_, size in layout)
+    params = torch.randn(sum(size for *_, size in layout) * 2)
+    out = hash_encode_tcnn_reference(torch.rand(100, 3), params, cfg)
+    assert out.shape == (100, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
+def test_tcnn_matches_its_layout_reference():
+    """Kept honest: when tinycudann imports, its encoding must equal the PyTorch model of its layout."""
+    from vfrt.recon.hashgrid import encoding_backends, hash_encode_tcnn_reference
+
+    if not encoding_backends("cuda")["tcnn"]:
+        pytest.skip("tinycudann does not import here (the fused Triton kernel is used instead)")
+    cfg = HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16, finest_resolution=512)
+    enc = HashGridEncoding(cfg, "tcnn").cuda()
+    with torch.no_grad():
+        enc.tcnn.params.normal_()
+    x = torch.rand(20_000, 3, device="cuda")
+    out = enc(x)
+    ref = hash_encode_tcnn_reference(x, enc.tcnn.params.detach().float(), cfg)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

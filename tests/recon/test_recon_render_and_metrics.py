@@ -70,3 +70,33 @@ def test_demo_shapes_stay_inside_the_frame(shape):
     alpha = render_views(demo_mesh(shape), orbit_world_to_camera(8, 30.0), Intrinsics.default(64))[..., 3]
     border = np.concatenate([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], axis=1)
     assert border.max() == 0 and alpha.mean() > 0.05
+
+
+@pytest.mark.parametrize("name", ["chair", "mug", "toy"])
+def test_test_objects_are_closed_outward_and_in_frame(name):
+    from vfrt.runtime.cameras import orbit_world_to_camera
+    from vfrt.recon.render_mesh import render_views
+    from vfrt.recon.testobjects import get_object, reference_mesh
+
+    obj = get_object(name)
+    mesh = reference_mesh(obj, spacing=0.02)
+    assert mesh.volume > 0
+    lo, hi = mesh.bounds
+    assert (lo >= np.asarray(obj.bounds[0]) - 0.03).all() and (hi <= np.asarray(obj.bounds[1]) + 0.03).all()
+    rgba = render_views(mesh, orbit_world_to_camera(8, 30.0), Intrinsics.default(48), albedo=obj.albedo)
+    alpha = rgba[..., 3]
+    border = np.concatenate([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], axis=1)
+    assert border.max() == 0 and alpha.mean() > 0.03
+    colours = rgba[..., :3][alpha > 0]
+    assert colours.std(0).min() > 0.05  # patterned, not flat
+
+
+def test_mug_has_an_open_cavity():
+    import torch
+
+    from vfrt.recon.testobjects import get_object
+
+    sdf = get_object("mug").sdf
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -0.29], [0.245, 0.0, 0.0], [0.3, 0.0, -0.03 + 0.13]])
+    inside = (sdf(pts) < 0).tolist()
+    assert inside == [False, True, True, True]  # cavity air, floor, wall, handle top

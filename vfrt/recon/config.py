@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from vfrt.recon.errors import ConfigError
 
 Backend = Literal["auto", "reference", "triton", "tcnn"]
-Device = Literal["auto", "cpu", "cuda"]
+ColourSource = Literal["views", "field"]
 Preset = Literal["default", "quick"]
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 PRESETS: tuple[str, ...] = ("default", "quick")
 
@@ -87,10 +89,15 @@ class ReconConfig:
     eikonal_weight: float = 0.1
     mask_weight: float = 0.1
     variance_init: float = 0.3  # inv_s = exp(10 * variance)
-    # sampling (NeuS hierarchical sampling, Wang et al. 2021 §3.4)
+    # sharpness schedule: inv_s >= a floor rising geometrically from start to end after warm-up (0: learned only)
+    inv_s_floor_start: float = 0.0
+    inv_s_floor_end: float = 0.0
+    # sampling (NeuS hierarchical sampling, Wang et al. 2021 §3.4), inside the visual hull
     n_samples: int = 32
     n_importance: int = 32
     up_sample_steps: int = 2
+    hull_resolution: int = 96  # occupancy grid carved from the masks (0: sample the whole unit sphere)
+    hull_tolerance: float = 0.1  # a cell stays when at most this fraction of the views that see it disagree
     # networks
     hashgrid: HashGridConfig = HashGridConfig()
     backend: Backend = "auto"
@@ -99,6 +106,7 @@ class ReconConfig:
     feature_dim: int = 13
     color_hidden: int = 64
     color_layers: int = 2
+    color_hashgrid: HashGridConfig | None = None  # the colour network's own position encoding (None: SDF features only)
     init_radius: float = 0.5  # geometric init: SDF of a sphere of this radius
     progressive_start_levels: int = 4  # coarse-to-fine: levels enabled at step 0
     progressive_level_steps: int = 100  # one more level every this many steps
@@ -106,13 +114,15 @@ class ReconConfig:
     mixed_precision: bool = True  # fp16 autocast for the colour net on CUDA only (SDF stays fp32)
     nan_check_every: int = 25
     # mesh
-    mc_resolution: int = 256
+    mc_resolution: int = 256  # samples along the longest side of the object's box
     mc_bound: float = 1.0
-    keep_largest_component: bool = True
+    min_component_fraction: float = 0.01  # drop pieces smaller than this fraction of the largest (floaters)
+    colour_source: ColourSource = "views"  # bake from the views by visibility, or the radiance field
+    texture_size: int = 0  # > 0: also a UV-textured .glb/.obj with a texture of this many texels a side
     turntable_frames: int = 24
     turntable_size: int = 256
     # misc
-    device: Device = "auto"
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,6 +146,15 @@ class ReconConfig:
             (self.nan_check_every >= 1, "nan_check_every must be >= 1"),
             (self.turntable_frames >= 0, "turntable_frames must be >= 0"),
             (self.sdf_layers >= 1 and self.color_layers >= 1, "networks need at least one hidden layer"),
+            (0.0 <= self.inv_s_floor_start <= self.inv_s_floor_end <= 1e5,
+             "need 0 <= inv_s_floor_start <= inv_s_floor_end <= 1e5"),
+            (self.hull_resolution == 0 or 16 <= self.hull_resolution <= 512, "hull_resolution must be 0 or in [16, 512]"),
+            (0.0 <= self.hull_tolerance < 1.0, "hull_tolerance must be in [0, 1)"),
+            (0.0 <= self.min_component_fraction <= 1.0, "min_component_fraction must be in [0, 1]"),
+            (self.colour_source in ("views", "field"), f"colour_source must be views or field, got {self.colour_source!r}"),
+            (self.texture_size == 0 or 64 <= self.texture_size <= 8192, "texture_size must be 0 or in [64, 8192]"),
+            (isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None,
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -159,23 +178,43 @@ class ReconConfig:
 
 
 _PRESET_FIELDS: dict[str, dict] = {
-    "default": {},
-    # CPU-friendly: 64 px views, a small grid, 250 steps (a few minutes on 2 CPU cores).
+    # GPU: 256 px views, 1000 steps of 4096 rays; samples inside the visual hull; docs/RECON.md has the numbers.
+    "default": dict(
+        steps=1000,
+        warmup_steps=100,
+        cos_anneal_steps=300,
+        n_samples=24,
+        n_importance=24,
+        progressive_level_steps=50,
+        lr_variance=5e-3,
+        inv_s_floor_start=30.0,
+        inv_s_floor_end=2000.0,
+        mask_weight=0.3,
+        hull_resolution=128,
+        color_hashgrid=HashGridConfig(n_levels=12, log2_hashmap_size=18, base_resolution=16, finest_resolution=1024),
+    ),
+    # CPU: 96 px views, a small grid, 600 steps of 320 rays (2-3 minutes on 2 idle CPU cores).
     "quick": dict(
-        image_size=64,
-        steps=250,
+        image_size=96,
+        steps=600,
         rays_per_batch=256,
         foreground_rays_per_batch=64,
-        warmup_steps=25,
-        cos_anneal_steps=100,
+        warmup_steps=50,
+        cos_anneal_steps=150,
         n_samples=16,
         n_importance=16,
-        hashgrid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, finest_resolution=64),
+        hashgrid=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=8, finest_resolution=128),
+        color_hashgrid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, finest_resolution=128),
         progressive_start_levels=3,
-        progressive_level_steps=25,
+        progressive_level_steps=50,
+        lr_variance=1e-2,
+        inv_s_floor_start=20.0,
+        inv_s_floor_end=600.0,
+        mask_weight=0.3,
+        hull_resolution=64,
         sdf_hidden=32,
         color_hidden=32,
-        mc_resolution=64,
+        mc_resolution=128,
         turntable_frames=8,
         turntable_size=96,
     ),

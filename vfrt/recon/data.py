@@ -5,8 +5,14 @@ Accepted inputs:
 (a) a folder with a nerfstudio ``transforms.json`` (a ``vfrt run`` output folder is one):
     any images it names, OpenGL camera-to-world matrices, ``fl_x/fl_y/cx/cy/w/h`` (or
     ``camera_angle_x``);
-(b) a folder of images only (``*.png|jpg|jpeg|webp``, sorted by name, or in ``views/``):
+(b) an orbit folder of ``vfrt run`` without ``transforms.json`` (an unfinished orbit made with
+    ``--generate``): the OpenCV world-to-camera matrices and ``K`` of its ``cameras.json``;
+(c) a folder of images only (``*.png|jpg|jpeg|webp``, sorted by name, or in ``views/``):
     the default orbit of SPEC §8 at the given elevation, view ``i`` at azimuth ``i*360/N``.
+
+Refused with a message: a file instead of a folder, and a single-target ``vfrt run`` folder
+(views along a path to one pose, whose ``cameras.json`` holds pose deltas): its few views span
+a small arc, and taking them for a 360-degree orbit would build a wrong object.
 
 Foreground masks come from alpha when the image has one, else from the white background:
 near-white pixels (all channels >= ``WHITE_THRESHOLD``) connected to the image border.
@@ -43,7 +49,8 @@ class ReconData:
         c2w: (N, 4, 4) float32 OpenCV camera-to-world.
         intrinsics: shared pinhole intrinsics (pixel-centre convention, see cameras.py).
         names: image paths relative to the input folder.
-        source: "transforms.json" or "default-orbit".
+        source: "transforms.json", "cameras.json" or "default-orbit".
+        notes: things the user should know about how the input was read (shown by the CLI).
     """
 
     images: np.ndarray
@@ -52,6 +59,7 @@ class ReconData:
     intrinsics: Intrinsics
     names: tuple[str, ...]
     source: str
+    notes: tuple[str, ...] = ()
 
     @property
     def n_views(self) -> int:
@@ -120,14 +128,110 @@ def _load_transforms(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
             f = next((f.with_suffix(s) for s in IMAGE_SUFFIXES if f.with_suffix(s).exists()), f)
         if not f.exists():
             raise InputDataError(f"{path}: frame {i} names {fr['file_path']!r}, which does not exist")
-        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        if m.shape != (4, 4) or not np.isfinite(m).all():
-            raise InputDataError(f"{path}: frame {i} transform_matrix is not a finite 4x4 matrix")
         files.append(f)
-        mats.append(m)
+        mats.append(_matrix4(fr["transform_matrix"], f"{path}: frame {i} transform_matrix"))
     from vfrt.runtime.cameras import opengl_to_opencv_c2w
 
     return files, opengl_to_opencv_c2w(np.stack(mats)), meta
+
+
+def _matrix4(value, what: str) -> np.ndarray:
+    """A finite (4, 4) float64 matrix from JSON, or an InputDataError naming ``what``."""
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        m = np.zeros(0)
+    if m.shape != (4, 4) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-12:
+        raise InputDataError(f"{what} is not a finite 4x4 (invertible) matrix")
+    return m
+
+
+def _load_cameras_json(folder: Path) -> tuple[list[Path], np.ndarray, dict]:
+    """Files, OpenCV c2w and nerfstudio-style intrinsics of an orbit ``cameras.json`` (``vfrt run``)."""
+    path = folder / "cameras.json"
+    meta = _read_cameras_json(path)
+    files, mats = [], []
+    for i, view in enumerate(meta["views"]):
+        f = folder / str(view.get("file", ""))
+        if not f.is_file():
+            raise InputDataError(f"{path}: view {i} names {view.get('file')!r}, which does not exist")
+        files.append(f)
+        mats.append(np.linalg.inv(_matrix4(view["world_to_camera_opencv"], f"{path}: view {i} world_to_camera_opencv")))
+    k = np.asarray(meta.get("K", []), dtype=np.float64)
+    if k.shape != (3, 3):
+        raise InputDataError(f"{path}: no 3x3 'K'")
+    # cameras.json keeps SPEC's K (rays through integer pixels); +0.5 is the pixel-centre convention
+    intr = {"fl_x": k[0, 0], "fl_y": k[1, 1], "cx": k[0, 2] + 0.5, "cy": k[1, 2] + 0.5}
+    if "width" in meta and "height" in meta:
+        intr.update(w=int(meta["width"]), h=int(meta["height"]))
+    return files, np.stack(mats), intr
+
+
+def _read_cameras_json(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputDataError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("views"), list) or not meta["views"]:
+        raise InputDataError(f"{path}: missing or empty 'views' list")
+    return meta
+
+
+def input_layout(folder: str | Path) -> str:
+    """How :func:`load_views` will read ``folder``: ``"transforms.json"``, ``"cameras.json"`` or ``"default-orbit"``.
+
+    Cheap (reads at most one small JSON file), so the CLI can refuse bad input before any work.
+
+    Raises:
+        InputDataError: missing path, a file instead of a folder, a single-target run folder,
+            or a folder without images.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        raise InputDataError(f"{folder} is a file; give the folder that holds the views: a `vfrt run` output "
+                             "folder, a folder with a transforms.json, or a folder of orbit images")
+    if not folder.is_dir():
+        raise InputDataError(f"input folder {folder} does not exist")
+    if (folder / "transforms.json").exists():
+        return "transforms.json"
+    if (folder / "cameras.json").exists():
+        views = _read_cameras_json(folder / "cameras.json")["views"]
+        if any("world_to_camera_opencv" not in v for v in views):
+            if any("delta_azimuth_deg" in v for v in views):
+                az = [float(v.get("delta_azimuth_deg", 0.0)) for v in views]
+                raise InputDataError(
+                    f"{folder} is a single-target `vfrt run` folder: {len(views)} views along a path to one pose "
+                    f"(azimuth {min(az + [0.0]):.0f} to {max(az + [0.0]):.0f} degrees from the input), not a "
+                    "360-degree orbit, and NeuS needs an orbit; make one with `vfrt run IMAGE` (orbit mode)")
+            raise InputDataError(f"{folder / 'cameras.json'}: views lack 'world_to_camera_opencv' (no cameras)")
+        return "cameras.json"
+    if not _list_images(folder):
+        raise InputDataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no transforms.json")
+    return "default-orbit"
+
+
+def input_notes(folder: Path, layout: str, n_views: int, elevation_deg: float) -> tuple[str, ...]:
+    """What a user should know about how ``folder`` is read (the CLI prints these before training)."""
+    notes = []
+    n_images = len(_list_images(folder))
+    if layout == "transforms.json" and n_images > n_views:
+        notes.append(f"transforms.json lists {n_views} frames but the folder holds {n_images} images: "
+                     f"training on the {n_views} listed views only")
+    elif layout == "cameras.json":
+        notes.append(f"no transforms.json: cameras of {n_views} views from cameras.json")
+    elif layout == "default-orbit":
+        notes.append(f"no transforms.json or cameras.json: assuming the default orbit cameras (SPEC §8) of "
+                     f"{n_views} views, view i at azimuth i*360/{n_views} degrees, elevation {elevation_deg:g} "
+                     "degrees (set it with --elevation)")
+    return tuple(notes)
+
+
+def count_views(folder: Path, layout: str) -> int:
+    """Number of views :func:`load_views` will use (cheap: reads the camera file or lists images)."""
+    if layout in ("transforms.json", "cameras.json"):
+        meta = json.loads((folder / layout).read_text())
+        return len(meta.get("frames" if layout == "transforms.json" else "views") or [])
+    return len(_list_images(folder))
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -148,20 +252,18 @@ def load_views(folder: str | Path, *, elevation_deg: float = 30.0, image_size: i
             unreadable images, or no foreground in any view.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputDataError(f"input folder {folder} does not exist")
+    source = input_layout(folder)
     meta = None
-    if (folder / "transforms.json").exists():
+    if source == "transforms.json":
         files, c2w, meta = _load_transforms(folder)
-        source = "transforms.json"
+    elif source == "cameras.json":
+        files, c2w, meta = _load_cameras_json(folder)
     else:
         files = _list_images(folder)
-        if not files:
-            raise InputDataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no transforms.json")
         c2w = np.linalg.inv(orbit_world_to_camera(len(files), elevation_deg))
-        source = "default-orbit"
-        log.info("no transforms.json in %s: default orbit of %d views at elevation %.1f deg (SPEC §8)",
-                 folder, len(files), elevation_deg)
+    notes = input_notes(folder, source, len(files), elevation_deg)
+    for note in notes:
+        log.info("%s", note)
     if len(files) < min_views:
         raise InputDataError(f"{folder}: only {len(files)} view(s); NeuS needs at least {min_views}")
 
@@ -179,7 +281,7 @@ def load_views(folder: str | Path, *, elevation_deg: float = 30.0, image_size: i
         raise InputDataError(f"{folder}: images have inconsistent sizes ({desc}); all views must share one size")
     height, width = rgbs[0].shape[:2]
     if meta is not None:
-        intr = _intrinsics_from_transforms(meta, folder / "transforms.json", width, height)
+        intr = _intrinsics_from_transforms(meta, folder / source, width, height)
     else:
         if width != height:
             raise InputDataError(f"{folder}: default cameras need square images, got {width}x{height}")
@@ -199,7 +301,7 @@ def load_views(folder: str | Path, *, elevation_deg: float = 30.0, image_size: i
         intr = intr.resized(image_size, image_size)
     names = tuple(str(f.relative_to(folder)) for f in files)
     return ReconData(images.astype(np.float32), mask_arr.astype(np.float32), c2w.astype(np.float32), intr, names,
-                     source)
+                     source, tuple(notes))
 
 
 def _resize(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,3 +36,7 @@ class EmptySurfaceError(ReconError):
 
 class BackendUnavailableError(ReconError):
     """A requested hash-grid backend (triton, tcnn) cannot run here."""
+
+
+class OutputDirError(ReconError):
+    """The output folder cannot be used (a file in the way, foreign contents, not writable)."""

@@ -98,11 +98,21 @@ _TETRA = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], 
 
 
 class ColorNetwork(nn.Module):
-    """``[x, normal, view_dir, feature] -> rgb in [0, 1]`` (NeuS' "idr" colour mode, normalised normal)."""
+    """``[x, normal, view_dir, feature(, enc_c(x))] -> rgb in [0, 1]`` (NeuS' "idr" colour mode, normalised normal).
 
-    def __init__(self, cfg: ReconConfig) -> None:
+    With ``cfg.color_hashgrid`` the network has its own hash encoding of the position: sharp
+    colour patterns then live in that table instead of in the SDF's features, which otherwise
+    learn to carry them and raise bumps on the surface along the pattern's edges.
+    """
+
+    def __init__(self, cfg: ReconConfig, backend: str = "reference") -> None:
         super().__init__()
-        dims = [9 + cfg.feature_dim] + [cfg.color_hidden] * cfg.color_layers + [3]
+        self.encoding = None
+        extra = 0
+        if cfg.color_hashgrid is not None:
+            self.encoding = HashGridEncoding(cfg.color_hashgrid, backend=backend, seed=cfg.seed + 7)
+            extra = self.encoding.output_dim
+        dims = [9 + cfg.feature_dim + extra] + [cfg.color_hidden] * cfg.color_layers + [3]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
@@ -112,18 +122,27 @@ class ColorNetwork(nn.Module):
 
     def forward(self, x, normal, view_dir, feature) -> torch.Tensor:
         n = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return torch.sigmoid(self.mlp(torch.cat([x, n, view_dir, feature], dim=-1)).float())
+        parts = [x, n, view_dir, feature]
+        if self.encoding is not None:
+            parts.append(self.encoding(((x.detach() + 1.0) * 0.5)).to(feature.dtype))
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)).float())
 
 
 class VarianceNetwork(nn.Module):
-    """Learned NeuS sharpness ``inv_s = exp(10 * variance)`` (the 1/s of the logistic density)."""
+    """Learned NeuS sharpness ``inv_s = max(exp(10 * variance), floor)`` (the 1/s of the logistic density).
+
+    ``floor`` is set by the trainer's sharpness schedule: the learned value alone rises slowly
+    in a short training, and a blurry density fattens thin parts (the mask loss then pulls the
+    surface outwards to make grazing rays opaque).
+    """
 
     def __init__(self, init: float) -> None:
         super().__init__()
         self.variance = nn.Parameter(torch.tensor(float(init)))
+        self.floor = 0.0
 
     def inv_s(self) -> torch.Tensor:
-        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+        return torch.exp(self.variance * 10.0).clamp(max(1e-6, self.floor), 1e6)
 
 
 @dataclass
@@ -145,4 +164,4 @@ class NeuSFields:
 
 def build_fields(cfg: ReconConfig, backend: str) -> NeuSFields:
     torch.manual_seed(cfg.seed)
-    return NeuSFields(SDFNetwork(cfg, backend, bound=1.0), ColorNetwork(cfg), VarianceNetwork(cfg.variance_init))
+    return NeuSFields(SDFNetwork(cfg, backend, bound=1.0), ColorNetwork(cfg, backend), VarianceNetwork(cfg.variance_init))

@@ -15,31 +15,26 @@ Layout shared by the reference and the Triton kernel (so their tables are interc
 * output: ``(N, L * F)``, level-major (features of level 0 first).
 
 The tinycudann backend uses tcnn's own table layout and grid offsets (``p = x * scale + 0.5``),
-so its parameters are not interchangeable with the two others.
+so its parameters are not interchangeable with the two others; :func:`hash_encode_tcnn_reference`
+computes that layout in PyTorch, and a GPU test holds tcnn to it whenever tcnn imports.
+:func:`encoding_backends` says which backends run here (for ``vfrt doctor``).
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import logging
+import math
 
 import torch
 from torch import nn
 
 from vfrt.recon.config import HashGridConfig
 from vfrt.recon.errors import BackendUnavailableError
+from vfrt.recon.hashgrid_layout import PRIMES, level_metadata
 
 log = logging.getLogger(__name__)
 
-PRIMES = (1, 2654435761, 805459861)
-_CORNERS = torch.tensor([[(i >> 0) & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=torch.int64)
-
-
-def level_metadata(cfg: HashGridConfig) -> tuple[list[int], list[bool]]:
-    """Per-level resolution ``R_l`` and whether the level is dense (``(R_l+1)^3 <= T``)."""
-    res = list(cfg.resolutions)
-    dense = [(r + 1) ** 3 <= cfg.table_size for r in res]
-    return res, dense
 
 
 def corner_indices(corners: torch.Tensor, resolution: int, dense: bool, table_size: int) -> torch.Tensor:
@@ -58,6 +53,24 @@ def corner_indices(corners: torch.Tensor, resolution: int, dense: bool, table_si
     return h & (table_size - 1)  # T is a power of two: mod T of the 64-bit product == of the 32-bit one
 
 
+def _trilinear_corners(base: torch.Tensor, frac: torch.Tensor, axis_index, combine) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table rows and trilinear weights of the 8 corners of each point's cell, computed per axis.
+
+    Args:
+        base: (N, 3) int64 cell corner; frac: (N, 3) float position inside the cell (carries d/dx).
+        axis_index: ``(corner coordinate (N, 2) int64, axis) -> (N, 2)`` per-axis index term.
+        combine: ``(x term, y term, z term)`` broadcast to (N, 2, 2, 2) -> row index.
+    Returns:
+        idx (N, 8) int64 and w (N, 8), corner ``c = x + 2y + 4z`` (x fastest).
+    """
+    offs = torch.arange(2, device=base.device)
+    terms = [axis_index(base[:, a, None] + offs, a) for a in range(3)]
+    idx = combine(terms[0][:, None, None, :], terms[1][:, None, :, None], terms[2][:, :, None, None])
+    per_axis = torch.stack([1.0 - frac, frac], dim=-1)  # (N, 3, 2)
+    w = per_axis[:, 0, None, None, :] * per_axis[:, 1, None, :, None] * per_axis[:, 2, :, None, None]
+    return idx.reshape(-1, 8), w.reshape(-1, 8)
+
+
 def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
                           n_active: int | None = None) -> torch.Tensor:
     """Reference multiresolution hash encoding.
@@ -71,18 +84,20 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridCon
     """
     x = torch.nan_to_num(x.float(), nan=0.0).clamp(0.0, 1.0)  # NaN positions must not index the table
     res, dense = level_metadata(cfg)
-    corners = _CORNERS.to(x.device)
     outs = []
     n_active = cfg.n_levels if n_active is None else n_active
+    mask = cfg.table_size - 1  # T is a power of two: mod T of the 64-bit hash == of the 32-bit one
     for lvl in range(n_active):
         pos = x * res[lvl]
         base = torch.floor(pos.detach()).to(torch.int64)
         base = torch.minimum(base, torch.full_like(base, res[lvl] - 1))  # x == 1 -> last cell, weight 1
         frac = pos - base.to(pos.dtype)  # (N, 3), carries d/dx
-        idx = corner_indices(base[:, None, :] + corners, res[lvl], dense[lvl], cfg.table_size)  # (N, 8)
-        # trilinear weight of corner (i, j, k): prod over axes of frac or (1 - frac)
-        c = corners.to(x.dtype)
-        w = (c * frac[:, None, :] + (1 - c) * (1 - frac[:, None, :])).prod(dim=-1)  # (N, 8)
+        if dense[lvl]:
+            r1 = res[lvl] + 1
+            idx, w = _trilinear_corners(base, frac, lambda c, a, r1=r1: c * r1**a, lambda i, j, k: i + j + k)
+        else:
+            idx, w = _trilinear_corners(base, frac, lambda c, a: c * PRIMES[a],
+                                        lambda i, j, k: (i ^ j ^ k) & mask)
         feats = table[lvl][idx]  # (N, 8, F)
         outs.append((w[..., None] * feats).sum(dim=1))
     if n_active < cfg.n_levels:
@@ -98,12 +113,26 @@ def init_table(cfg: HashGridConfig, generator: torch.Generator | None = None) ->
 
 @functools.cache
 def tcnn_available() -> bool:
-    return importlib.util.find_spec("tinycudann") is not None
+    """True when ``tinycudann`` imports (a real import: a wheel built for another torch/CUDA fails here)."""
+    if importlib.util.find_spec("tinycudann") is None:
+        return False
+    try:
+        import tinycudann  # noqa: F401
+    except Exception as exc:  # tcnn raises ImportError/OSError/RuntimeError for a mismatched build
+        log.info("tinycudann is installed but does not import (%s): not used", exc)
+        return False
+    return True
 
 
 @functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreted() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
@@ -118,15 +147,79 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     if requested == "tcnn" and not (cuda and tcnn_available()):
         raise BackendUnavailableError("backend 'tcnn' needs tinycudann (not on PyPI) and a CUDA device")
     if requested == "triton":
-        import os
-
         if not triton_available():
             raise BackendUnavailableError("backend 'triton' needs the triton package (pip install triton)")
-        if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        if not cuda and not _triton_interpreted():
             raise BackendUnavailableError("backend 'triton' on CPU needs TRITON_INTERPRET=1 (Triton's interpreter)")
     if requested not in ("reference", "triton", "tcnn"):
         raise BackendUnavailableError(f"unknown hash-grid backend {requested!r}")
     return requested
+
+
+def encoding_backends(device: str | torch.device | None = None) -> dict[str, bool | str]:
+    """Which hash-grid backends can run on ``device`` here, and which one ``auto`` picks (for ``vfrt doctor``).
+
+    ``device`` defaults to ``cuda`` when torch sees a GPU, else ``cpu``. Returns
+    ``{"device": "cuda" | "cpu", "reference": True, "triton": bool, "tcnn": bool,
+    "auto": "tcnn" | "triton" | "reference"}``; ``triton`` on the CPU means Triton's
+    interpreter (``TRITON_INTERPRET=1``: correct, for tests, far slower than the reference).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    usable = {}
+    for name in ("reference", "triton", "tcnn"):
+        try:
+            resolve_backend(name, dev)
+            usable[name] = True
+        except BackendUnavailableError:
+            usable[name] = False
+    return {"device": dev.type, **usable, "auto": resolve_backend("auto", dev)}
+
+
+def tcnn_level_layout(cfg: HashGridConfig) -> list[tuple[float, int, int, int]]:
+    """tinycudann's grid of each level: ``(scale, resolution, offset, size)`` into its flat parameters.
+
+    tcnn places a point at ``p = x * scale + 0.5`` with ``scale = base * b**l - 1``, has
+    ``resolution = ceil(scale) + 1`` grid points per axis, and gives level ``l``
+    ``min(T, next_multiple_of_8(resolution**3))`` rows of ``F`` features (dense when
+    ``resolution**3`` rows fit, hashed otherwise).
+    """
+    out, offset = [], 0
+    log2_b = math.log2(cfg.per_level_scale)
+    for lvl in range(cfg.n_levels):
+        scale = 2.0 ** (lvl * log2_b) * cfg.base_resolution - 1.0
+        res = int(math.ceil(scale)) + 1
+        size = min(cfg.table_size, -(-res**3 // 8) * 8)
+        out.append((scale, res, offset, size))
+        offset += size
+    return out
+
+
+def hash_encode_tcnn_reference(x: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+    """Pure-PyTorch encoding in tinycudann's own layout (what the ``tcnn`` backend must compute).
+
+    Args:
+        x: (N, 3) float32 in ``[0, 1]^3``.
+        params: flat float32 parameters of ``tcnn.Encoding`` (``sum(size_l) * F``), see :func:`tcnn_level_layout`.
+    Returns:
+        (N, L * F) float32, level-major.
+    """
+    x = x.float().clamp(0.0, 1.0)
+    f = cfg.n_features_per_level
+    outs = []
+    for scale, res, offset, size in tcnn_level_layout(cfg):
+        pos = x * scale + 0.5
+        base = torch.floor(pos).to(torch.int64)
+        frac = pos - base.to(pos.dtype)
+        if res**3 <= size:  # dense: x fastest
+            idx, w = _trilinear_corners(base, frac, lambda c, a, res=res: c * res**a, lambda i, j, k: i + j + k)
+        else:  # tcnn hashes in uint32
+            idx, w = _trilinear_corners(base, frac, lambda c, a: c * PRIMES[a],
+                                        lambda i, j, k: (i ^ j ^ k) & 0xFFFFFFFF)
+        table = params[offset * f:(offset + size) * f].view(size, f)
+        outs.append((w[..., None] * table[idx % size]).sum(dim=1))
+    return torch.cat(outs, dim=-1)
 
 
 class HashGridEncoding(nn.Module):
@@ -151,7 +244,7 @@ class HashGridEncoding(nn.Module):
                 "otype": "HashGrid", "n_levels": cfg.n_levels, "n_features_per_level": cfg.n_features_per_level,
                 "log2_hashmap_size": cfg.log2_hashmap_size, "base_resolution": cfg.base_resolution,
                 "per_level_scale": cfg.per_level_scale,
-            })
+            }, dtype=torch.float32)  # fp32 output: finite differences of an fp16 SDF at eps ~ 1e-3 are noise
         else:
             self.table = nn.Parameter(init_table(cfg, g))
         self.register_buffer("level_mask", torch.ones(cfg.output_dim), persistent=False)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from vfrt.recon.config import HashGridConfig
-from vfrt.recon.hashgrid import level_metadata
+from vfrt.recon.hashgrid_layout import level_metadata
 
 BLOCK = 128
 

@@ -1,11 +1,17 @@
-"""Mesh extraction (marching cubes on the SDF), vertex colours, export and turntable.
+"""Mesh extraction (marching cubes on the SDF), orientation, export and turntable.
 
-* Marching cubes: :func:`skimage.measure.marching_cubes` on a ``mc_resolution^3`` grid of the
-  SDF over ``[-mc_bound, mc_bound]^3``; faces oriented so normals point outwards (SDF > 0).
-* Vertex colours: the colour network at each vertex with the SDF gradient as normal and the
-  view direction ``-normal`` (looking straight at the surface), i.e. a "frontal" colour.
-* Export: ``.ply``, ``.obj``, ``.glb`` through trimesh; turntable GIF (imageio) or PNG strip
-  from :mod:`vfrt.recon.render_mesh`.
+* Marching cubes: :func:`skimage.measure.marching_cubes` of the SDF's zero level set. The grid
+  scales with the object: a coarse pass over ``[-mc_bound, mc_bound]^3`` finds the box that
+  holds the surface, and the fine grid spans that box with ``mc_resolution`` samples along its
+  longest side (a small object gets the same number of cells across as a large one).
+* Orientation: the SDF is negative inside, so outward normals follow its gradient. Faces are
+  flipped when most face normals disagree with the gradient of the sampled SDF, whatever
+  winding the marching-cubes library uses (``test_extracted_mesh_faces_outward`` checks the
+  volume sign and the normals on an analytic sphere and box).
+* Components: pieces with fewer than ``min_component_fraction`` of the largest piece's faces
+  (floaters) are dropped; thin parts that came loose (a chair rung) are kept.
+* Colours: :mod:`vfrt.recon.bake` (from the views by visibility, or the radiance field).
+* Export: ``.ply``, ``.obj``, ``.glb`` through trimesh (vertex colours, or a UV texture).
 """
 from __future__ import annotations
 
@@ -18,46 +24,93 @@ import torch
 from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera
 from vfrt.recon.errors import EmptySurfaceError
 from vfrt.recon.fields import NeuSFields
+from vfrt.recon.hull import VisualHull
 
 log = logging.getLogger(__name__)
 
 MESH_FORMATS = ("ply", "obj", "glb")
+COARSE_RESOLUTION = 64  # first pass that finds the object's box
 
 
 @torch.no_grad()
-def sdf_volume(fields: NeuSFields, resolution: int, bound: float, device: torch.device,
-               chunk: int = 1 << 20) -> np.ndarray:
-    """(R, R, R) float32 SDF samples on ``linspace(-bound, bound, R)`` per axis (x, y, z order)."""
-    t = torch.linspace(-bound, bound, resolution, device=device)
-    out = torch.empty(resolution ** 3, device=device)
-    # iterate over x-slabs to keep memory flat
-    yz = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+def sdf_grid(fields: NeuSFields, lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int], device: torch.device,
+             hull: VisualHull | None = None, chunk: int = 1 << 20) -> np.ndarray:
+    """SDF samples (shape) float32 on the grid ``linspace(lo[k], hi[k], shape[k])`` per axis (x, y, z order).
+
+    Outside ``hull`` (when given) the samples are made positive: no surface where no view allows one.
+    """
+    axes = [torch.linspace(float(a), float(b), n, device=device) for a, b, n in zip(lo, hi, shape)]
+    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
+    out = torch.empty(shape[0] * yz.shape[0], device=device)
     slab = max(1, chunk // yz.shape[0])
-    for i in range(0, resolution, slab):
-        xs = t[i:i + slab]
+    for i in range(0, shape[0], slab):
+        xs = axes[0][i:i + slab]
         pts = torch.cat([xs.repeat_interleave(yz.shape[0])[:, None], yz.repeat(xs.numel(), 1)], -1)
-        out[i * yz.shape[0]:(i + xs.numel()) * yz.shape[0]] = fields.sdf.sdf(pts)
-    return out.reshape(resolution, resolution, resolution).cpu().numpy()
+        val = fields.sdf.sdf(pts)
+        if hull is not None:
+            val = torch.where(hull.contains(pts), val, val.abs() + 1e-3)
+        out[i * yz.shape[0]:(i + xs.numel()) * yz.shape[0]] = val
+    return out.reshape(shape).cpu().numpy()
 
 
-@torch.no_grad()
-def vertex_colors(fields: NeuSFields, vertices: np.ndarray, device: torch.device, chunk: int = 1 << 18) -> np.ndarray:
-    """(V, 3) float32 colours in [0, 1]: colour net with view direction = -normal."""
-    out = []
-    v_all = torch.as_tensor(vertices, dtype=torch.float32, device=device)
-    for s in range(0, v_all.shape[0], chunk):
-        v = v_all[s:s + chunk]
-        _, feat, grad = fields.sdf.forward_with_gradient(v)
-        n = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        out.append(fields.color(v, grad, -n, feat).float())
-    if not out:
-        return np.zeros((0, 3), np.float32)
-    return torch.cat(out).cpu().numpy()
+def surface_box(fields: NeuSFields, bound: float, device: torch.device, hull: VisualHull | None = None,
+                resolution: int = COARSE_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned box ``(lo, hi)`` that holds the SDF's zero set, from a coarse grid (two cells of margin).
+
+    Raises:
+        EmptySurfaceError: no zero crossing (or non-finite values) inside ``[-bound, bound]^3``.
+    """
+    lo, hi = np.full(3, -bound), np.full(3, bound)
+    vol = sdf_grid(fields, lo, hi, (resolution,) * 3, device, hull)
+    if not np.isfinite(vol).all():
+        raise EmptySurfaceError("the SDF has non-finite values; training probably diverged")
+    if vol.min() >= 0.0 or vol.max() <= 0.0:
+        raise EmptySurfaceError(f"the SDF has no zero crossing in [-{bound}, {bound}]^3 (min {vol.min():.3g}, "
+                                f"max {vol.max():.3g}); check the masks and cameras")
+    cell = 2.0 * bound / (resolution - 1)
+    near = np.abs(vol) < 1.5 * cell  # samples within reach of the surface, and everything inside
+    idx = np.argwhere(near | (vol < 0))
+    t = np.linspace(-bound, bound, resolution)
+    box_lo = np.maximum(t[idx.min(0)] - 2 * cell, -bound)
+    box_hi = np.minimum(t[idx.max(0)] + 2 * cell, bound)
+    return box_lo, box_hi
+
+
+def orient_outward(vertices: np.ndarray, faces: np.ndarray, vol: np.ndarray, lo: np.ndarray,
+                   step: np.ndarray) -> np.ndarray:
+    """``faces`` (F, 3), flipped if most face normals point against the SDF gradient (i.e. inwards)."""
+    if len(faces) == 0:
+        return faces
+    tri = vertices[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    grads = np.stack(np.gradient(vol, *step), -1)  # (X, Y, Z, 3), points outwards (SDF grows outside)
+    cell = np.clip(np.rint((tri.mean(1) - lo) / step).astype(np.int64), 0, np.array(vol.shape) - 1)
+    g = grads[cell[:, 0], cell[:, 1], cell[:, 2]]
+    agree = float(np.einsum("ij,ij->i", normals, g).sum())
+    return faces if agree >= 0 else faces[:, ::-1].copy()
+
+
+def drop_small_components(mesh, min_fraction: float):
+    """Keep connected pieces with at least ``min_fraction`` of the largest piece's faces."""
+    if min_fraction <= 0 or len(mesh.faces) == 0:
+        return mesh
+    import trimesh
+
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    largest = max(len(p.faces) for p in parts)
+    kept = [p for p in parts if len(p.faces) >= min_fraction * largest]
+    if len(kept) < len(parts):
+        log.info("dropped %d small component(s) of %d", len(parts) - len(kept), len(parts))
+    return trimesh.util.concatenate(kept)
 
 
 def extract_mesh(fields: NeuSFields, device: torch.device, resolution: int = 256, bound: float = 1.0,
-                 keep_largest_component: bool = True):
-    """Marching cubes of the SDF's zero level set, with vertex colours. Returns a ``trimesh.Trimesh``.
+                 min_component_fraction: float = 0.01, hull: VisualHull | None = None):
+    """Marching cubes of the SDF's zero level set, outward-facing, without colours (``trimesh.Trimesh``).
+
+    ``resolution``: samples along the longest side of the object's box (see module docstring).
 
     Raises:
         EmptySurfaceError: the SDF does not cross zero inside the volume.
@@ -65,41 +118,41 @@ def extract_mesh(fields: NeuSFields, device: torch.device, resolution: int = 256
     import trimesh
     from skimage import measure
 
-    vol = sdf_volume(fields, resolution, bound, device)
-    if not np.isfinite(vol).all():
-        raise EmptySurfaceError("the SDF has non-finite values; training probably diverged")
+    lo, hi = surface_box(fields, bound, device, hull)
+    step_len = float((hi - lo).max()) / (resolution - 1)
+    shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / step_len).astype(int) + 1, 2))
+    hi = lo + step_len * (np.array(shape) - 1)
+    vol = sdf_grid(fields, lo, hi, shape, device, hull)
     if vol.min() >= 0.0 or vol.max() <= 0.0:
-        raise EmptySurfaceError(f"the SDF has no zero crossing in [-{bound}, {bound}]^3 (min {vol.min():.3g}, "
-                                f"max {vol.max():.3g}); check the masks and cameras")
-    step = 2.0 * bound / (resolution - 1)
-    verts, faces, _, _ = measure.marching_cubes(vol, level=0.0, spacing=(step, step, step))
-    verts = verts - bound
-    mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=True)  # outward normals for SDF > 0 outside
-    if keep_largest_component and len(mesh.faces):
-        parts = mesh.split(only_watertight=False)
-        if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
-    cols = vertex_colors(fields, np.asarray(mesh.vertices), device)
-    rgba = np.concatenate([np.clip(cols * 255 + 0.5, 0, 255), np.full((len(cols), 1), 255)], 1).astype(np.uint8)
-    mesh.visual.vertex_colors = rgba
-    return mesh
+        raise EmptySurfaceError("the SDF has no zero crossing at the surface resolution; raise --mc-resolution")
+    step = np.full(3, step_len)
+    verts, faces, _, _ = measure.marching_cubes(vol, level=0.0, spacing=tuple(step))
+    faces = orient_outward(verts, faces, vol, np.zeros(3), step)
+    mesh = trimesh.Trimesh(verts + lo, faces, process=True)
+    return drop_small_components(mesh, min_component_fraction)
 
 
-def export_mesh(mesh, out_dir: str | Path, stem: str = "mesh", formats=MESH_FORMATS) -> dict[str, Path]:
-    """Write ``stem.<fmt>`` for each format; returns ``{fmt: path}``."""
+def export_mesh(mesh, out_dir: str | Path, stem: str = "mesh", formats=MESH_FORMATS, textured=None) -> dict[str, Path]:
+    """Write ``stem.<fmt>`` for each format; returns ``{fmt: path}``.
+
+    ``mesh`` carries vertex colours. With ``textured`` (the same surface with a UV atlas and
+    a texture, :func:`vfrt.recon.bake.bake_texture`), ``.glb`` and ``.obj`` (+ ``.mtl`` and
+    the texture image) are written from it; ``.ply`` keeps the vertex colours.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt in formats:
         p = out / f"{stem}.{fmt}"
-        mesh.export(p)
+        source = textured if textured is not None and fmt in ("glb", "obj") else mesh
+        source.export(p)
         paths[fmt] = p
     return paths
 
 
 def write_turntable(mesh, path: str | Path, frames: int = 24, size: int = 256, elevation_deg: float = 30.0,
                     device: str | torch.device = "cpu") -> Path:
-    """Turntable of a vertex-coloured mesh on white: a GIF with imageio, else a PNG strip.
+    """Turntable of a coloured mesh on white: a GIF with imageio, else a PNG strip.
 
     ``path`` without suffix gets ``.gif`` (imageio importable) or ``.png``.
     """
@@ -107,10 +160,9 @@ def write_turntable(mesh, path: str | Path, frames: int = 24, size: int = 256, e
 
     from vfrt.recon.render_mesh import render_views
 
-    cols = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
-    # vertex colours already hold the views' baked shading: only a light extra shading for shape cues
-    rgba = render_views(mesh, orbit_world_to_camera(frames, elevation_deg), Intrinsics.default(size), cols, device,
-                        ambient=0.8)
+    # colours already hold the views' baked shading: only a light extra shading for shape cues
+    rgba = render_views(mesh, orbit_world_to_camera(frames, elevation_deg), Intrinsics.default(size),
+                        device=device, ambient=0.8, use_mesh_colours=True)
     rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
     imgs = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
     path = Path(path)

@@ -95,3 +95,46 @@ def evaluate_mesh(pred, ref, n_samples: int = DEFAULT_SAMPLES, threshold: float 
 def evaluate_mesh_files(pred_path: str | Path, ref_path: str | Path, n_samples: int = DEFAULT_SAMPLES,
                         threshold: float = DEFAULT_THRESHOLD, seed: int = 0) -> MeshMetrics:
     return evaluate_mesh(load_mesh(pred_path), load_mesh(ref_path), n_samples, threshold, seed)
+
+
+COLOUR_DEFINITION = ("mesh rendered unlit (its vertex colours or texture) from every input camera at the views' "
+                     "resolution, over white; PSNR = 10 log10(1 / MSE) with the MSE over all RGB values of the "
+                     "pixels inside either silhouette (rendered mesh or view mask) of all views; psnr_full over "
+                     "whole images")
+
+
+@dataclass(frozen=True)
+class ColourMetrics:
+    psnr: float  # over the union of the two silhouettes (shape errors count too)
+    psnr_full: float  # over whole images (white background included: higher)
+    n_views: int
+    definition: str = COLOUR_DEFINITION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _psnr(mse: float) -> float:
+    import math
+
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+def colour_psnr(mesh, data, device="cpu") -> ColourMetrics:
+    """How well a coloured mesh reproduces the views it was made from (``data``: a ReconData).
+
+    Renders ``mesh`` with its own colours and no shading (the views' shading is baked into the
+    colours) from each view's camera; see ``COLOUR_DEFINITION``.
+    """
+    import numpy as np
+
+    from vfrt.recon.render_mesh import render_views
+
+    w2cs = np.linalg.inv(np.asarray(data.c2w, dtype=np.float64))
+    rgba = render_views(mesh, w2cs, data.intrinsics, device=device, ambient=1.0, use_mesh_colours=True)
+    alpha = rgba[..., 3:]
+    rendered = rgba[..., :3] * alpha + (1.0 - alpha)
+    err = (rendered - data.images) ** 2  # (N, H, W, 3)
+    region = (alpha[..., 0] > 0.5) | (data.masks > 0.5)
+    masked = float(err[region].mean()) if region.any() else 0.0
+    return ColourMetrics(_psnr(masked), _psnr(float(err.mean())), int(data.n_views))

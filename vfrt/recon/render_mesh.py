@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,27 +135,61 @@ def procedural_albedo(points: torch.Tensor) -> torch.Tensor:
     return torch.stack([r, g, b], -1)
 
 
+def mesh_colour_fn(mesh, device: torch.device) -> Callable[[Fragments, torch.Tensor], torch.Tensor]:
+    """Per-pixel colours (H, W, 3) of a mesh's own visual: a UV texture (bilinear) or vertex colours."""
+    faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int64, device=device)
+    visual = mesh.visual
+    if getattr(visual, "kind", None) == "texture" and getattr(visual, "uv", None) is not None:
+        import torch.nn.functional as F
+
+        image = visual.material.baseColorTexture if hasattr(visual.material, "baseColorTexture") else visual.material.image
+        tex = torch.as_tensor(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0, device=device)
+        uv = torch.as_tensor(np.asarray(visual.uv), dtype=torch.float32, device=device)
+
+        def from_texture(frag: Fragments, _positions: torch.Tensor) -> torch.Tensor:
+            st = interpolate(frag, faces, uv)  # (H, W, 2), v up
+            grid = torch.stack([st[..., 0] * 2 - 1, (1 - st[..., 1]) * 2 - 1], -1)[None]
+            out = F.grid_sample(tex.permute(2, 0, 1)[None], grid, mode="bilinear", align_corners=False)
+            return out[0].permute(1, 2, 0)
+
+        return from_texture
+    cols = torch.as_tensor(np.asarray(visual.vertex_colors)[:, :3].astype(np.float32) / 255.0, device=device)
+
+    def from_vertices(frag: Fragments, _positions: torch.Tensor) -> torch.Tensor:
+        return interpolate(frag, faces, cols)
+
+    return from_vertices
+
+
 def render_views(mesh, w2cs: np.ndarray, intr: Intrinsics, vertex_colors: np.ndarray | None = None,
-                 device: str | torch.device = "cpu", ambient: float = 0.55) -> np.ndarray:
+                 device: str | torch.device = "cpu", ambient: float = 0.55,
+                 albedo: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 use_mesh_colours: bool = False) -> np.ndarray:
     """RGBA float32 (N, H, W, 4) renders of a trimesh mesh over a transparent background.
 
-    Colour: ``vertex_colors`` (V, 3) in [0, 1] if given, else :func:`procedural_albedo` of the
-    interpolated world position; both Lambert-shaded with :func:`shade` (``ambient``).
+    Colour, first that applies: the mesh's own texture or vertex colours (``use_mesh_colours``),
+    ``vertex_colors`` (V, 3) in [0, 1], ``albedo`` (a function of the interpolated world
+    position), :func:`procedural_albedo`. Lambert-shaded with :func:`shade` (``ambient``; 1.0
+    renders the colours unlit).
     """
     dev = torch.device(device)
     verts = torch.as_tensor(np.array(mesh.vertices), dtype=torch.float32, device=dev)
     faces = torch.as_tensor(np.array(mesh.faces), dtype=torch.int64, device=dev)
     vnorm = torch.as_tensor(np.array(mesh.vertex_normals), dtype=torch.float32, device=dev)
-    vcol = None if vertex_colors is None else torch.as_tensor(vertex_colors, dtype=torch.float32, device=dev)
+    if use_mesh_colours:
+        colour_fn = mesh_colour_fn(mesh, dev)
+    elif vertex_colors is not None:
+        vcol = torch.as_tensor(vertex_colors, dtype=torch.float32, device=dev)
+        colour_fn = lambda frag, _pos: interpolate(frag, faces, vcol)  # noqa: E731
+    else:
+        fn = albedo or procedural_albedo
+        colour_fn = lambda frag, pos: fn(pos.reshape(-1, 3)).reshape(pos.shape)  # noqa: E731
     out = []
     for w2c in w2cs:
         frag = rasterize(verts, faces, torch.as_tensor(w2c, dtype=torch.float32, device=dev), intr)
         n = interpolate(frag, faces, vnorm)
-        if vcol is None:
-            albedo = procedural_albedo(interpolate(frag, faces, verts))
-        else:
-            albedo = interpolate(frag, faces, vcol)
-        rgb = shade(n, albedo, ambient) * frag.mask[..., None]
+        colour = colour_fn(frag, interpolate(frag, faces, verts))
+        rgb = shade(n, colour, ambient) * frag.mask[..., None]
         out.append(torch.cat([rgb, frag.mask[..., None].float()], -1).cpu().numpy())
     return np.stack(out).astype(np.float32)
 
@@ -184,14 +219,17 @@ def demo_mesh(shape: str = "capsule"):
 
 
 def write_orbit(out_dir: str | Path, mesh, n_views: int = 16, image_size: int = 256, elevation_deg: float = 30.0,
-                device: str = "cpu") -> Path:
-    """Render ``mesh`` into an RGBA orbit (``views/XXX.png``), ``transforms.json`` and ``reference.ply``."""
+                device: str = "cpu", albedo: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+    """Render ``mesh`` into an RGBA orbit (``views/XXX.png``), ``transforms.json`` and ``reference.ply``.
+
+    ``albedo``: colour of world positions (N, 3) -> (N, 3), default :func:`procedural_albedo`.
+    """
     from PIL import Image
 
     out = Path(out_dir)
     (out / "views").mkdir(parents=True, exist_ok=True)
     intr = Intrinsics.default(image_size)
-    rgba = render_views(mesh, orbit_world_to_camera(n_views, elevation_deg), intr, device=device)
+    rgba = render_views(mesh, orbit_world_to_camera(n_views, elevation_deg), intr, device=device, albedo=albedo)
     names = []
     for i, img in enumerate(rgba):
         name = f"views/{i:03d}.png"

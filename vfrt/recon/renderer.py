@@ -3,7 +3,8 @@
 Implements NeuS (Wang et al. 2021): eq. 13 (discrete opacity from the SDF through the
 logistic CDF), the "cos annealing" of the official code, and its up-sampling schedule
 (§3.4: ``n_samples`` uniform samples, then ``up_sample_steps`` rounds of importance samples
-drawn with a fixed sharpness ``64 * 2**i``). Rays live inside the unit sphere.
+drawn with a fixed sharpness ``64 * 2**i``). Rays live inside the unit sphere; with a visual
+hull (:mod:`vfrt.recon.hull`) the uniform samples span only each ray's stretch through it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from vfrt.recon.fields import NeuSFields
+from vfrt.recon.hull import VisualHull
 
 
 @dataclass
@@ -103,10 +105,12 @@ def importance_z_vals(fields: NeuSFields, rays_o, rays_d, near, far, n_samples: 
 
 def render_rays(fields: NeuSFields, rays_o: torch.Tensor, rays_d: torch.Tensor, *, n_samples: int,
                 n_importance: int, up_sample_steps: int, cos_anneal_ratio: float = 1.0, perturb: bool = False,
-                background: float = 1.0, autocast_color: bool = False) -> RenderOutput:
+                background: float = 1.0, autocast_color: bool = False, hull: VisualHull | None = None) -> RenderOutput:
     """Render R rays (origins/unit directions (R, 3) float32) with NeuS (eq. 13)."""
     r = rays_o.shape[0]
     near, far = near_far_from_sphere(rays_o, rays_d)
+    if hull is not None:
+        near, far = hull.ray_intervals(rays_o, rays_d, near, far)
     z = importance_z_vals(fields, rays_o, rays_d, near, far, n_samples, n_importance, up_sample_steps, perturb)
     dists = z[:, 1:] - z[:, :-1]
     dists = torch.cat([dists, dists[:, -1:]], -1)

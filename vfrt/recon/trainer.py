@@ -7,12 +7,18 @@ Batches: ``rays_per_batch`` rays drawn uniformly over all pixels of all views pl
 then cosine annealing to ``lr * final_lr_factor``. Coarse-to-fine: the hash grid starts with
 ``progressive_start_levels`` levels and gains one every ``progressive_level_steps`` steps.
 
+Determinism: on the CPU the same seed gives the same model, bit for bit, at any thread count:
+training runs under ``torch.use_deterministic_algorithms`` (the table-gradient scatter of the
+reference encoding otherwise adds in a thread-dependent order). On CUDA it does not: the fused
+Triton backward scatters with ``atomic_add``, whose order varies from run to run.
+
 Non-finite losses are detected on the device every step and checked on the host every
 ``nan_check_every`` steps (one sync); training then stops with
 :class:`~vfrt.recon.errors.TrainingDivergedError` naming the first bad step.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -28,6 +34,7 @@ from vfrt.recon.data import ReconData
 from vfrt.recon.errors import ConfigError, TrainingDivergedError
 from vfrt.recon.fields import NeuSFields, build_fields
 from vfrt.recon.hashgrid import resolve_backend
+from vfrt.recon.hull import VisualHull, carve_hull
 from vfrt.recon.renderer import render_rays
 
 log = logging.getLogger(__name__)
@@ -46,14 +53,21 @@ class TrainResult:
     seconds: float
     final_loss: float
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    hull: VisualHull | None = None
+    final_inv_s: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda[:N]`` must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but torch sees no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def lr_factor(step: int, cfg: ReconConfig) -> float:
@@ -63,6 +77,15 @@ def lr_factor(step: int, cfg: ReconConfig) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     t = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.final_lr_factor + (1.0 - cfg.final_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def inv_s_floor(step: int, cfg: ReconConfig) -> float:
+    """Sharpness floor at ``step``: 0 during warm-up, then geometric from start to end (0 if disabled)."""
+    if cfg.inv_s_floor_end <= 0 or step < cfg.warmup_steps:
+        return 0.0
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    start = max(cfg.inv_s_floor_start, 1e-3)
+    return start * (cfg.inv_s_floor_end / start) ** t
 
 
 class _RayBank:
@@ -87,6 +110,18 @@ class _RayBank:
         return idx
 
 
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device):
+    """Deterministic kernels while training on the CPU (see module docstring); restores the setting."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train NeuS on ``data`` with ``cfg``; returns the fields (on ``cfg.device``).
 
@@ -94,10 +129,19 @@ def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = 
         TrainingDivergedError: the loss became NaN/inf (the message names the step).
     """
     device = resolve_device(cfg.device)
+    with deterministic_on_cpu(device):
+        return _train(data, cfg, device, progress)
+
+
+def _train(data: ReconData, cfg: ReconConfig, device: torch.device, progress: ProgressFn | None) -> TrainResult:
     backend = resolve_backend(cfg.backend, device)
     torch.manual_seed(cfg.seed)
     fields = build_fields(cfg, backend).to(device)
     bank = _RayBank(data, device, cfg.seed)
+    hull = carve_hull(data, cfg.hull_resolution, cfg.hull_tolerance, device) if cfg.hull_resolution else None
+    if hull is not None:
+        log.info("visual hull: %.1f %% of %d^3 cells occupied", 100 * float(hull.occupied.float().mean()),
+                 hull.resolution)
     use_amp = bool(cfg.mixed_precision and device.type == "cuda")
     log.info("NeuS: %d views %dx%d, %d steps, hash-grid backend %s, device %s, fp16 colour net %s",
              data.n_views, data.intrinsics.width, data.intrinsics.height, cfg.steps, backend, device, use_amp)
@@ -119,11 +163,12 @@ def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = 
     checked = 0
     for step in range(cfg.steps):
         fields.sdf.set_progress(cfg.progressive_start_levels + step // max(1, cfg.progressive_level_steps))
+        fields.variance.floor = inv_s_floor(step, cfg)
         idx = bank.sample(cfg.rays_per_batch, cfg.foreground_rays_per_batch)
         out = render_rays(fields, bank.origins[idx], bank.dirs[idx], n_samples=cfg.n_samples,
                           n_importance=cfg.n_importance, up_sample_steps=cfg.up_sample_steps,
                           cos_anneal_ratio=min(1.0, step / max(1, cfg.cos_anneal_steps)), perturb=True,
-                          autocast_color=use_amp)
+                          autocast_color=use_amp, hull=hull)
         loss_rgb = F.l1_loss(out.color, bank.rgb[idx])
         loss_eik = ((out.gradients.norm(dim=-1) - 1.0) ** 2).mean()
         o, m = out.opacity.clamp(1e-3, 1.0 - 1e-3), bank.mask[idx]
@@ -150,4 +195,5 @@ def train_neus(data: ReconData, cfg: ReconConfig, progress: ProgressFn | None = 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    return TrainResult(fields, device, backend, cfg.steps, seconds, history[-1][1], history)
+    return TrainResult(fields, device, backend, cfg.steps, seconds, history[-1][1], history, hull,
+                       float(fields.variance.inv_s().detach()))
