@@ -62,7 +62,7 @@ def test_bad_values_exit_2(tiny_orbit, tmp_path, no_training):
     _assert_usage_error(_invoke(tiny_orbit, *out, "--texture-size", "10"), "texture_size")
     _assert_usage_error(_invoke(tiny_orbit, *out, "--grid-levels", "4", "--grid-finest", "2"), "base_resolution")
     if not torch.cuda.is_available():
-        _assert_usage_error(_invoke(tiny_orbit, *out, "--device", "cuda:0"), "no CUDA device")
+        _assert_usage_error(_invoke(tiny_orbit, *out, "--device", "cuda:0"), "no CUDA GPU")
         _assert_usage_error(_invoke(tiny_orbit, *out, "--backend", "tcnn"), "tinycudann")
 
 

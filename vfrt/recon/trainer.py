@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from vfrt import hardware
 import torch.nn.functional as F
 
 from vfrt.recon.rays import pixel_rays
@@ -58,16 +60,12 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda[:N]`` must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but torch sees no CUDA device")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda[:N]`` must exist (the same rule as
+    every vfrt command: :func:`vfrt.hardware.resolve_device`), as a recon :class:`ConfigError`."""
+    try:
+        return hardware.resolve_device(name)
+    except hardware.DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def lr_factor(step: int, cfg: ReconConfig) -> float:
