@@ -85,3 +85,11 @@ def test_extras_and_segmentation_rows(monkeypatch):
     assert rows["extra: tensorrt"].detail.startswith("tensorrt or tensorrt_rtx not installed")
     assert rows["rembg"].status == "missing"
     assert "auto uses grabcut" in rows["segmentation"].detail
+
+
+def test_doctor_says_which_recon_encoding_runs_here():
+    from vfrt.cli.doctor import check_recon_encoding
+    from vfrt.recon.hashgrid import encoding_backends
+    (row,) = check_recon_encoding()
+    assert row.name == "recon encoding" and row.status == "ok"
+    assert f"auto uses {encoding_backends()['auto']}" in row.detail and "tiny-cuda-nn" in row.detail

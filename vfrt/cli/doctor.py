@@ -140,9 +140,21 @@ def check_checkpoint() -> list[Row]:
     return [Row("checkpoint", "ok", f"{found} ({size / 1e9:.2f} GB)")]
 
 
+def check_recon_encoding() -> list[Row]:
+    """Which hash-grid encoding `vfrt recon` uses here (tiny-cuda-nn only when it really imports)."""
+    import importlib.util
+    if any(importlib.util.find_spec(m) is None for m in ("trimesh", "skimage", "scipy")):
+        return [Row("recon encoding", "missing", "the recon extra is not installed (pip install 'vfrt[recon]')")]
+    from vfrt.recon.hashgrid import encoding_backends
+    b = encoding_backends()
+    where = "Triton's CPU interpreter" if b["device"] == "cpu" and b["triton"] else b["device"]
+    detail = f"auto uses {b['auto']} on {where}; tiny-cuda-nn " + ("importable" if b["tcnn"] else "not importable")
+    return [Row("recon encoding", "ok", detail)]
+
+
 #: the report, in print order; add a feature's row by appending its check
 CHECKS: list[Check] = [check_python, check_torch, check_gpu, check_triton, check_outputs, check_extras,
-                       check_segmentation, check_checkpoint]
+                       check_segmentation, check_recon_encoding, check_checkpoint]
 
 
 def run_checks(checks: list[Check] | None = None) -> list[Row]:
