@@ -13,7 +13,8 @@ def create_app(service: JobService) -> FastAPI:
     """The API (``/api/...``, ``/docs``) plus, when ``service.config.ui``, the Gradio page at ``/``.
 
     Gradio is told not to phone home, to load no web fonts (the page works offline) and to accept
-    uploads up to the server's photo limit; it may serve result files from the runs folder only.
+    uploads up to the server's photo limit; it may serve result files from the runs folder only, keeps no
+    run history in the browser and offers no monitoring endpoint.
     """
     app = create_api(service)
     if not service.config.ui:
@@ -27,5 +28,5 @@ def create_app(service: JobService) -> FastAPI:
     return gr.mount_gradio_app(app, build_page(service), path="/", theme=theme,
                                max_file_size=service.config.max_upload_bytes,
                                allowed_paths=[str(service.config.runs_dir.resolve())],
-                               footer_links=[{"label": "HTTP API (OpenAPI)", "url": "/docs"}, "settings"],
+                               footer_links=["settings"], run_history=False, enable_monitoring=False,
                                show_error=True)

@@ -51,6 +51,12 @@ def describe(status: dict) -> str:
     return f"{head} · {state}" + (f": {status['message']}" if status["message"] else "")
 
 
+def _auto_temp(mode: str) -> float:
+    """The original's temperature of the generated references for a mode (1.0 with several inputs)."""
+    from vfrt.runtime.sampler import SamplerConfig
+    return SamplerConfig.for_mode(mode).auto_temp
+
+
 def _finished(status: dict) -> bool:
     return status["state"] not in ("queued", "running")
 
@@ -98,7 +104,7 @@ def build_page(service: JobService) -> gr.Blocks:
                     with gr.Row():
                         inference_temp = gr.Number(d.inference_temp, label="Input view temperature",
                                                    elem_id="inference-temp")
-                        auto_temp = gr.Number(None, label="Generated views temperature (blank: 0.5, multi 1.0)",
+                        auto_temp = gr.Number(_auto_temp(d.mode), label="Generated views temperature",
                                               elem_id="auto-temp")
                         noise_mode = gr.Radio(["exact", "shared", "fast"], value=d.noise_mode, label="Noise",
                                               elem_id="noise-mode")
@@ -118,7 +124,7 @@ def build_page(service: JobService) -> gr.Blocks:
                 with gr.Accordion("Earlier jobs", open=False):
                     earlier = gr.Dropdown(label="Show the results of an earlier job", choices=[], elem_id="earlier")
 
-        results = [status, gallery, video, mesh, downloads, recon_btn]
+        results = [status, gallery, video, downloads, recon_btn]
 
         def show(st: dict) -> dict:
             """Component updates for a job status (results only once they exist)."""
@@ -128,12 +134,20 @@ def build_page(service: JobService) -> gr.Blocks:
                 out[gallery] = [(str(job_folder / v), Path(v).stem) for v in st["views"]]
                 mp4 = job_folder / "run" / "orbit.mp4"
                 out[video] = str(mp4) if mp4.is_file() else None
-                out[mesh] = str(job_folder / "recon" / "mesh.glb") if st["has_mesh"] else None
                 files = set(st["files"])
                 out[downloads] = [str(job_folder / f) for f in DOWNLOADS if f in files] or None
                 out[recon_btn] = gr.update(interactive=st["has_views"] and not st["has_mesh"]
                                            and st["settings"]["mode"] != "single")
             return out
+
+        def mesh_of(current):
+            """The mesh of the shown job, set by its own event after the results: Gradio's 3D viewer
+            drops a mesh whose value arrives together with other updates while its renderer is still
+            loading (seen with Gradio 6.31 on a busy machine)."""
+            if not current:
+                return None
+            st = service.status(current)
+            return str(folder / current / "recon" / "mesh.glb") if st["has_mesh"] else None
 
         def follow(st: dict):
             while True:
@@ -212,11 +226,13 @@ def build_page(service: JobService) -> gr.Blocks:
                   inference_temp, auto_temp, noise_mode, polar, azimuth, radius]
         photo.change(preview, [photo, segment], [model_input, mask], show_progress="minimal")
         segment.change(preview, [photo, segment], [model_input, mask], show_progress="minimal")
-        mode.change(lambda m: (gr.update(visible=m == "single"), gr.update(visible=m == "multi")), mode,
-                    [single_box, multi_box])
-        generate_btn.click(generate, inputs, [job_id, *results], concurrency_limit=None, show_progress="hidden")
-        recon_btn.click(reconstruct, job_id, results, concurrency_limit=None, show_progress="hidden")
+        mode.change(lambda m: (gr.update(visible=m == "single"), gr.update(visible=m == "multi"), _auto_temp(m)),
+                    mode, [single_box, multi_box, auto_temp])
+        generate_btn.click(generate, inputs, [job_id, mesh, *results], concurrency_limit=None, show_progress="hidden") \
+            .then(mesh_of, job_id, mesh)
+        recon_btn.click(reconstruct, job_id, results, concurrency_limit=None, show_progress="hidden") \
+            .then(mesh_of, job_id, mesh)
         cancel_btn.click(cancel, job_id, status, concurrency_limit=None)
         page.load(list_jobs, None, earlier)
-        earlier.input(show_job, earlier, [job_id, *results])
+        earlier.input(show_job, earlier, [job_id, *results]).then(mesh_of, job_id, mesh)
     return page

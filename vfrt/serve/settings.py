@@ -85,7 +85,7 @@ class JobSettings(BaseModel):
             raise SettingsError(f"extra images and poses are for mode 'multi', not {self.mode!r}")
         else:
             extras = ()
-        if max_views is not None and self.views > max_views:
+        if max_views is not None and self.mode != "single" and self.views > max_views:
             raise SettingsError(f"views must be <= {max_views} on this server, got {self.views}")
         if max_steps is not None and self.steps > max_steps:
             raise SettingsError(f"steps must be <= {max_steps} on this server, got {self.steps}")

@@ -72,7 +72,7 @@ def check_image(data: bytes, filename: str | None, *, max_bytes: int, max_pixels
         except Image.DecompressionBombError as exc:
             raise UploadRejected(f"the image has too many pixels ({exc})", 413) from None
         except (OSError, SyntaxError, ValueError) as exc:    # a header Pillow recognised but cannot parse
-            raise UploadRejected(f"the image is corrupt ({exc})", 400) from None
+            raise UploadRejected(f"the image is truncated or corrupt ({exc})", 400) from None
         return _check_opened(im, data, filename, max_pixels)
 
 
