@@ -14,9 +14,9 @@ exactly what ``vfrt run`` writes for the same photo and settings (resumable ``ru
 
 Cancelling: a waiting job leaves the queue at once. A running job stops *between views*: the
 engine's loop over the sampling steps of a view is not interruptible by design (it may be one CUDA
-graph), so the request is noticed when the current view is finished (``on_view`` raises), or
-between training steps of a reconstruction. Segmenting the photo before the first view is not
-interrupted either.
+graph), so the request is noticed when the current view is finished (``on_view`` raises), or at
+the next progress report of a reconstruction (every ``ReconConfig.nan_check_every`` training
+steps). Segmenting the photo before the first view is not interrupted either.
 """
 from __future__ import annotations
 
