@@ -1,22 +1,19 @@
 """Fixtures of the serve tests: a tiny-checkpoint pipeline on the CPU, photos, and services.
 
-The whole folder needs the ``serve`` extra (FastAPI); without it the tests are skipped with that reason.
+Each test module skips itself, saying why, when the ``serve`` extra is not installed.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-import numpy as np
+from pathlib import Path
+
 import pytest
-from PIL import Image
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'vfrt[serve]')")
-pytest.importorskip("multipart", reason="the serve extra is not installed (pip install 'vfrt[serve]')")
-
-from vfrt import EngineConfig, Pipeline  # noqa: E402
-from vfrt.recon import ReconConfig  # noqa: E402
-from vfrt.serve.config import ServeConfig  # noqa: E402
+from vfrt import EngineConfig, Pipeline
+from vfrt.recon import ReconConfig
+from vfrt.serve.config import ServeConfig
 
 #: NeuS settings small enough for a test on two CPU cores (a few seconds; one progress report)
 TINY_RECON = ReconConfig.from_preset("quick", steps=25, mc_resolution=32, turntable_frames=2, turntable_size=32,
@@ -59,15 +56,9 @@ def gated_pipeline(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def photo(tmp_path_factory):
-    """An 80x80 RGBA photo of a textured box on a transparent background."""
-    rng = np.random.default_rng(0)
-    img = np.zeros((80, 80, 4), np.uint8)
-    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
-    img[15:65, 20:60, 3] = 255
-    path = tmp_path_factory.mktemp("photo") / "object.png"
-    Image.fromarray(img).save(path)
-    return path
+def photo():
+    """A real RGBA product photo (background removed) from the test data."""
+    return Path(__file__).resolve().parents[1] / "data" / "real_images" / "chair_7_rgba.png"
 
 
 @pytest.fixture

@@ -10,12 +10,16 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from vfrt.cli.main import cli
-from vfrt.serve.api import create_api
-from vfrt.serve.service import JobService
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'vfrt[serve]')")
+pytest.importorskip("multipart", reason="the serve extra is not installed (pip install 'vfrt[serve]')")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from vfrt.serve.api import create_api  # noqa: E402
+from vfrt.serve.service import JobService  # noqa: E402
 
 SMALL = {"steps": "4", "views": "6"}
 
@@ -26,7 +30,7 @@ def _png(size=(32, 32), mode="RGBA") -> bytes:
     return buf.getvalue()
 
 
-def _submit(client, photo_bytes, name="object.png", **fields):
+def _submit(client, photo_bytes, name="chair_7_rgba.png", **fields):
     return client.post("/api/jobs", files={"image": (name, photo_bytes, "image/png")}, data=fields)
 
 

@@ -7,11 +7,15 @@ or ``$VFRT_TEST_ARTIFACTS``). Without Chromium or Playwright the test is skipped
 """
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import io
+import json
 import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,11 +64,24 @@ def server(tiny_pipeline, serve_config, tmp_path, monkeypatch):
     sock.close()
 
 
-def _set_number(page, elem_id: str, value: int) -> None:
+def _set_number(page, elem_id: str, default: int, value: int) -> None:
     box = page.locator(f"#{elem_id} input")
+    sync_api.expect(box).to_have_value(str(default))     # mounted with its value: typing now sticks
     box.fill(str(value))
-    box.press("Tab")                       # Gradio takes the value when the field loses focus
+    box.press("Tab")                                     # Gradio takes the value when the field loses focus
     sync_api.expect(box).to_have_value(str(value))
+
+
+@contextlib.contextmanager
+def _explained_on_timeout(service):
+    """If the page never shows the expected state, print the jobs as the server sees them and every
+    thread's stack (a stuck worker or handler shows up there)."""
+    try:
+        yield
+    except AssertionError:
+        print("jobs:", json.dumps(service.jobs(), indent=1), file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        raise
 
 
 def test_upload_views_reconstruct_and_the_3d_view(server):
@@ -74,22 +91,25 @@ def test_upload_views_reconstruct_and_the_3d_view(server):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
+            sync_api.expect.set_options(timeout=60_000)          # two busy cores: give every wait a minute
             page.goto(url)
             page.set_input_files("#photo input[type=file]", PHOTO)
             sync_api.expect(page.locator("#mask img")).to_be_visible()          # the segmentation is shown
 
             page.get_by_text("Sampler settings").click()
-            _set_number(page, "views", 6)
-            _set_number(page, "steps", 4)
+            _set_number(page, "views", 36, 6)
+            _set_number(page, "steps", 75, 4)
             page.click("#generate")
-            sync_api.expect(page.locator("#status")).to_contain_text("done: 6 views", timeout=240_000)
+            with _explained_on_timeout(service):
+                sync_api.expect(page.locator("#status")).to_contain_text("done: 6 views", timeout=240_000)
             sync_api.expect(page.locator("#views-gallery img")).to_have_count(6)
             sync_api.expect(page.locator("#turntable video")).to_have_attribute("src", re.compile(r"orbit.*\.mp4"))
             (job,) = service.jobs()                                              # the page's job is an API job
             assert job["state"] == "done" and job["settings"]["views"] == 6 and job["settings"]["steps"] == 4
 
             page.click("#reconstruct")
-            sync_api.expect(page.locator("#status")).to_contain_text("mesh ready", timeout=240_000)
+            with _explained_on_timeout(service):
+                sync_api.expect(page.locator("#status")).to_contain_text("mesh ready", timeout=240_000)
             canvas = page.locator("#mesh canvas")
             sync_api.expect(canvas).to_be_visible()
             sync_api.expect(page.locator("#downloads a[href$='/mesh.glb']")).to_have_count(1)

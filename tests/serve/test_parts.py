@@ -11,9 +11,11 @@ from vfrt.runtime.sampler import SamplerConfig
 from vfrt.serve.config import ServeConfig
 from vfrt.serve.errors import QueueFull, SettingsError, UploadRejected
 from vfrt.serve.queue import JobQueue
-from vfrt.serve.settings import JobSettings
-from vfrt.serve.store import resolve_inside
 from vfrt.serve.uploads import check_image, safe_name
+
+pytest.importorskip("pydantic", reason="the serve extra is not installed (pip install 'vfrt[serve]')")
+from vfrt.serve.settings import JobSettings  # noqa: E402
+from vfrt.serve.store import resolve_inside  # noqa: E402
 
 
 def _encode(fmt: str, size=(40, 30), mode="RGB") -> bytes:

@@ -7,6 +7,9 @@ from click.testing import CliRunner
 
 from vfrt.cli.main import cli
 
+for _module in ("fastapi", "multipart", "uvicorn"):
+    pytest.importorskip(_module, reason="the serve extra is not installed (pip install 'vfrt[serve]')")
+
 
 @pytest.fixture
 def served(monkeypatch):

@@ -135,7 +135,8 @@ class JobService:
             job.save()
             self._cond.notify_all()
             log.info("job %s queued (%s, %d views, %d steps)", job.id, settings.mode, settings.views, settings.steps)
-            return self._status(job)
+            state = self._state(job)
+        return self._with_files(job, state)
 
     def cancel(self, job_id: str) -> dict:
         """Cancel a waiting job now, or a running one at its next view (see the module docstring)."""
@@ -152,7 +153,8 @@ class JobService:
                 self._cond.notify_all()
             else:
                 raise JobStateError(f"job {job_id} has already ended ({job.state}); nothing to cancel")
-            return self._status(job)
+            state = self._state(job)
+        return self._with_files(job, state)
 
     def reconstruct(self, job_id: str) -> dict:
         """Queue the mesh stage of a job whose views are done (no-op when it has a mesh already)."""
@@ -164,7 +166,7 @@ class JobService:
             if job.state in ("queued", "running"):
                 raise JobStateError(f"job {job_id} is still {job.state}; reconstruct once its views are done")
             if job.has_mesh:
-                return self._status(job)
+                return self._with_files(job, self._state(job))
             if not job.has_views:
                 raise JobStateError(f"job {job_id} has no finished views to reconstruct ({job.state})")
             if job.settings.mode == "single":
@@ -176,23 +178,28 @@ class JobService:
             job.save()
             job.touch()
             self._cond.notify_all()
-            return self._status(job)
+            state = self._state(job)
+        return self._with_files(job, state)
 
     def status(self, job_id: str) -> dict:
         with self._cond:
-            return self._status(self._job(job_id))
+            job = self._job(job_id)
+            state = self._state(job)
+        return self._with_files(job, state)
 
     def jobs(self) -> list[dict]:
         """Every job, newest first."""
         with self._cond:
-            return [self._status(j) for j in sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)]
+            states = [(j, self._state(j)) for j in sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)]
+        return [self._with_files(job, state) for job, state in states]
 
     def wait(self, job_id: str, version: int, timeout: float) -> dict:
         """The job's status once its version differs from ``version`` (or after ``timeout`` seconds)."""
         with self._cond:
             job = self._job(job_id)
             self._cond.wait_for(lambda: job.version != version or self._stopping, timeout)
-            return self._status(job)
+            state = self._state(job)
+        return self._with_files(job, state)
 
     def file(self, job_id: str, relative: str) -> Path:
         """The path of a file inside the job's folder; :class:`JobNotFound` for anything else
@@ -227,7 +234,8 @@ class JobService:
         if self._stopping:
             raise QueueFull("the server is shutting down", self.config.retry_after_s)
 
-    def _status(self, job: Job) -> dict:
+    def _state(self, job: Job) -> dict:
+        """The job's status fields that the lock guards (see :meth:`_with_files` for the rest)."""
         now = time.time()
         eta = job.eta_s(now)
         return {"id": job.id, "state": job.state, "stage": job.stage, "message": job.message,
@@ -237,9 +245,14 @@ class JobService:
                              "elapsed_s": None if job.started is None or job.state != "running"
                              else round(now - job.started, 2),
                              "eta_s": None if eta is None else round(eta, 1)},
-                "settings": job.settings.model_dump(), "photos": job.photos,
-                "has_views": job.has_views, "has_mesh": job.has_mesh,
-                "views": job.views(), "files": job.files(), "version": job.version}
+                "settings": job.settings.model_dump(), "photos": job.photos, "version": job.version}
+
+    @staticmethod
+    def _with_files(job: Job, state: dict) -> dict:
+        """``state`` plus what the job folder holds, read without the lock (a worker may be renaming a
+        finished folder meanwhile: the listing is then the one before or after)."""
+        return {**state, "has_views": job.has_views, "has_mesh": job.has_mesh, "views": job.views(),
+                "files": job.files()}
 
     def _finish(self, job: Job, state: str, message: str) -> None:
         job.state, job.message, job.finished = state, message, time.time()

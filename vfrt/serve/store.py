@@ -128,8 +128,10 @@ class Job:
         """Result files, relative to the folder: views.zip, run/**, recon/** (sorted)."""
         out = ["views.zip"] if self.views_zip.is_file() else []
         for sub in (self.run_dir, self.recon_dir):
-            if sub.is_dir():
+            try:
                 out += sorted(str(p.relative_to(self.folder)) for p in sub.rglob("*") if p.is_file())
+            except FileNotFoundError:       # not there (yet), or replaced while listing
+                continue
         return out
 
     def views(self) -> list[str]:
