@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "recon": ("vfrt.cli.recon", "recon", "Reconstruct a coloured mesh with NeuS from generated views."),
     "eval-mesh": ("vfrt.cli.recon", "eval_mesh", "Chamfer distance and F-score of a mesh against a reference mesh."),
     "doctor": ("vfrt.cli.doctor", "doctor", "What this installation can do: versions, GPU, extras, segmentation, weights."),
+    "serve": ("vfrt.cli.serve", "serve", "Serve a web page and an HTTP API: photo in, views, turntable and mesh out."),
 }
 
 
