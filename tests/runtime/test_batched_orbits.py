@@ -1,4 +1,7 @@
 """Batched orbits (several objects per UNet call, continuous batching) against one orbit at a time (CPU, fp32)."""
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +51,7 @@ def test_one_batched_step_equals_separate_views(pipe):
     equals its own run; and a UNet limited to 2 rows per call (several calls per step) gives the same."""
     eng = pipe.engine
     g = torch.Generator().manual_seed(3)
-    sched = make_ddim_schedule(STEPS, 1.0)
+    sched = make_ddim_schedule(4, 1.0)
     dens, x_T, noise = [], [], []
     for K, guidance in ((1, 3.0), (3, 1.0), (2, 2.0)):
         refs = [eng.encode_view(torch.rand((1, 3, 64, 64), generator=g) * 2 - 1) for _ in range(K)]
@@ -96,8 +99,8 @@ def test_continuous_batching_equals_one_orbit_at_a_time(pipe, images, one_at_a_t
 
 
 def test_batch_of_one_is_the_orbit(pipe, images, one_at_a_time):
-    out = pipe.orbit_many(images[:1], generate=3, sampler=sampler(seed=5), batch=1, preprocess=False)
-    np.testing.assert_array_equal(out[0].images, one_at_a_time[0].images)
+    out = pipe.orbit_many(images[:1], generate=1, sampler=sampler(seed=5), batch=1, preprocess=False)
+    np.testing.assert_array_equal(out[0].images, one_at_a_time[0].images[:1])
 
 
 def test_unguided_batch_with_device_noise_and_noise_banks(pipe, images):
@@ -109,9 +112,9 @@ def test_unguided_batch_with_device_noise_and_noise_banks(pipe, images):
     for got, want in zip(together, alone):
         assert got.noise is None
         _assert_same(got, want)
-    banks = [pipe.orbit(im, generate=2, sampler=sampler(seed=s, guidance=1.0), preprocess=False)
+    banks = [pipe.orbit(im, generate=1, sampler=sampler(seed=s, guidance=1.0), preprocess=False)
              for s, im in zip((7, 8), images)]
-    replayed = pipe.orbit_many(images[:2], generate=2, sampler=sampler(seed=0, guidance=1.0), batch=2,
+    replayed = pipe.orbit_many(images[:2], generate=1, sampler=sampler(seed=0, guidance=1.0), batch=2,
                                noise=[b.noise for b in banks], preprocess=False)
     for got, want in zip(replayed, banks):
         _assert_same(got, want)
@@ -166,3 +169,42 @@ def test_reference_engine_runs_batches_one_view_after_another(tiny_model, images
     alone = ref.orbit(images[0], generate=1, sampler=sampler(steps=4), preprocess=False)
     out = ref.orbit_many(images[:2], generate=1, sampler=sampler(steps=4), batch=2, preprocess=False)
     np.testing.assert_array_equal(out[0].images, alone.images)
+
+
+def test_batched_run_folders_equal_one_run_at_a_time(pipe, tmp_path, assert_same_run_folders):
+    """run_many_to_folders: one folder per photo, as run_to_folder writes it alone; a photo that fails does
+    not stop the others; an unfinished folder resumes."""
+    from PIL import Image
+
+    from vfrt.runtime.run import RunConfig, RunError, run_many_to_folders, run_to_folder
+    photos = []
+    for seed in (1, 2):
+        path = tmp_path / f"photo{seed}.png"
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        photos.append(path)
+    cfg = RunConfig(views=36, generate=2, preprocess=False, sampler=sampler(seed=3))
+    progress = []
+    outcomes = run_many_to_folders(pipe, photos + [tmp_path / "missing.png"], cfg,
+                                   [tmp_path / "many" / p for p in ("a", "b", "c")], batch=2,
+                                   on_view=lambda i, done, total: progress.append((i, done, total)))
+    assert outcomes[:2] == [tmp_path / "many" / "a", tmp_path / "many" / "b"]
+    assert isinstance(outcomes[2], ValueError) and "missing.png" in str(outcomes[2])
+    assert sorted(progress) == [(0, 1, 2), (0, 2, 2), (1, 1, 2), (1, 2, 2)]
+    for photo, name in zip(photos, ("a", "b")):
+        alone = run_to_folder(pipe, photo, cfg, tmp_path / "alone" / name)
+        assert_same_run_folders(tmp_path / "many" / name, alone)
+    # a finished folder in the way is that photo's error; an interrupted one resumes where it stopped
+    again = run_many_to_folders(pipe, photos[:1], cfg, [tmp_path / "many" / "a"], batch=2)
+    assert isinstance(again[0], RunError) and "already exists" in str(again[0])
+    partial = tmp_path / "resumed.partial"
+    shutil.copytree(tmp_path / "alone" / "b", partial)
+    (partial / "generated").mkdir()
+    first = json.loads((partial / "run.json").read_text())
+    (partial / "run.json").write_text(json.dumps({"fingerprint": first["fingerprint"], "complete": False}))
+    np.save(partial / "generated" / "v00.npy", np.full((3, 64, 64), 0.25, np.float32))
+    progress.clear()
+    resumed = run_many_to_folders(pipe, photos[1:], cfg, [tmp_path / "resumed"], batch=2,
+                                  on_view=lambda i, done, total: progress.append((i, done, total)))
+    assert resumed == [tmp_path / "resumed"] and progress == [(0, 2, 2)]   # only view 1 was generated
+    with pytest.raises(RunError, match="mode 'orbit'"):
+        run_many_to_folders(pipe, photos, RunConfig(mode="single", delta_azimuth=30.0), [tmp_path / "x"] * 2, batch=2)

@@ -194,7 +194,7 @@ def run_many_to_folders(pipe, images, cfg: RunConfig, out_dirs, *, batch: int, n
     chunk = batch * PREPARED_PER_SLOT       # bounds the prepared photos (and masks) held at once
     for first in range(0, len(images), chunk):
         folders = {}
-        for i in range(first, min(first + chunk, len(images)) if writer else ()):
+        for i in (range(first, min(first + chunk, len(images))) if writer else ()):
             try:
                 folders[i] = RunFolder(pipe, images[i], cfg, out_dirs[i], noise=noise[i], overwrite=overwrite,
                                        resume=resume)
