@@ -12,16 +12,14 @@ generated views, 75 DDIM steps) between barriers. Rank 0 reports; its images are
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from scale_common import RandomPipeline, machine, precapture, random_images, sync
+from scale_common import RandomPipeline, command_line, machine, main_of, precapture, random_images, sync
 from vfrt.runtime.benchmark import psnr
 from vfrt.runtime.multigpu import spawn_ranks
 from vfrt.runtime.poses import plan_orbit
@@ -85,7 +83,7 @@ def run(args, argv) -> dict:
     task = TimeOrbit(RandomPipeline(tiny=args.tiny, compile=False if args.no_compile else None), args.views,
                      args.steps, args.repeats)
     res = {**machine("cpu" if args.tiny else "cuda"), "backend": backend, "views": args.views,
-           "command": " ".join(["python", sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))), "runs": {}}
+           "command": command_line("benchmarks/bench_multi_gpu.py", argv), "runs": {}}
     images = {}
     for g in counts:
         t0 = time.perf_counter()
@@ -119,13 +117,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args = parse(argv)
-    res = run(args, argv)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(format_table(res))
-    return res
+    return main_of(parse, run, format_table, argv)
 
 
 if __name__ == "__main__":

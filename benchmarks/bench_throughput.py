@@ -16,14 +16,12 @@ the same photo's one-at-a-time orbit (max abs, PSNR; fp16 kernels at other batch
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 
 import numpy as np
 
-from scale_common import RandomPipeline, machine, precapture, random_images, step_ms, sync
+from scale_common import RandomPipeline, command_line, machine, main_of, precapture, random_images, step_ms, sync
 from vfrt.runtime.benchmark import psnr
 from vfrt.runtime.poses import plan_orbit
 from vfrt.runtime.sampler import SamplerConfig
@@ -44,7 +42,7 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def run(args) -> dict:
+def run(args, argv=None) -> dict:
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     device = "cpu" if args.tiny else args.device
     pipe = RandomPipeline(tiny=args.tiny, compile=False if args.no_compile else None)(device)
@@ -54,8 +52,7 @@ def run(args) -> dict:
     plans = plan_orbit(args.views)
     ks = sorted({p.K for p in plans})
     photos = random_images(max(sizes), size, seed=2)
-    res = {**machine(device), "command": " ".join(["python", sys.argv[0]] + (sys.argv[1:] if args.argv is None
-                                                                            else args.argv)),
+    res = {**machine(device), "command": command_line("benchmarks/bench_throughput.py", argv),
            "engine": pipe.engine.describe(), "views": args.views, "generated_views": len(plans),
            "steps_per_view": schedule.num_steps, "sum_K": int(sum(p.K for p in plans)), "sizes": sizes}
 
@@ -110,14 +107,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args = parse(argv)
-    args.argv = argv
-    res = run(args)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(format_table(res))
-    return res
+    return main_of(parse, run, format_table, argv)
 
 
 if __name__ == "__main__":

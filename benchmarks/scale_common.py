@@ -6,6 +6,8 @@ resolves to). ``tiny``: the tests' tiny architecture in fp32 on the CPU, to chec
 """
 from __future__ import annotations
 
+import json
+import logging
 import platform
 import statistics
 import time
@@ -112,3 +114,20 @@ def machine(device) -> dict:
             "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+
+
+def command_line(script: str, argv) -> str:
+    """The command that produced a result (recorded in its JSON)."""
+    import sys
+    return " ".join(["python", script] + (sys.argv[1:] if argv is None else list(argv)))
+
+
+def main_of(parse, run, format_table, argv=None) -> dict:
+    """A benchmark script's main: parse, run, write the JSON (``--out``), print the table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse(argv)
+    res = run(args, argv)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(format_table(res))
+    return res

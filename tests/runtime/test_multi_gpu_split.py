@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfrt import EngineConfig, Pipeline, SamplerConfig
+from vfrt import EngineConfig, SamplerConfig
 from vfrt.engines.distributed import DistributedError, RowSplit
 from vfrt.engines.step import split_rows
 from vfrt.runtime.multigpu import CheckpointPipeline, orbit_multi_gpu, run_multi_gpu, spawn_ranks

@@ -35,8 +35,6 @@ from vfrt.runtime.noise import NoiseBank
 from vfrt.runtime.preprocess import PreparedImage, load_image
 from vfrt.runtime.sampler import SamplerConfig
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class CheckpointPipeline:

@@ -4,10 +4,12 @@
     pipe = Pipeline.from_checkpoint("zero123-xl.ckpt")                  # device and backend: auto
     out = pipe.orbit("chair.png", views=36)                             # 35 generated views, generation order
     out = pipe.single("chair.png", delta_polar=-20.0, delta_azimuth=65.0, sampler=SamplerConfig(steps=50))
+    outs = pipe.orbit_many(["a.png", "b.png", "c.png"], batch=2)        # orbits advancing together
 
 All angles are degrees at this API; results carry radians. The sampling loop is the same for
 every backend: plans (references, weights, pose conditions) come from :mod:`vfrt.runtime.poses`,
-noise from :mod:`vfrt.runtime.noise`, and each target view is one ``engine.bind(...).run(...)``.
+noise from :mod:`vfrt.runtime.noise`, and each target view is one ``engine.bind(...)``; the bound
+views of all objects in a batch run together (``engine.run_batch``; one orbit is a batch of one).
 Engine choices come from one :class:`~vfrt.engines.config.EngineConfig`, sampler settings from one
 :class:`~vfrt.runtime.sampler.SamplerConfig`.
 """
@@ -31,7 +33,7 @@ from vfrt.hardware import TorchOutOfMemoryError
 from vfrt.runtime.cache import ViewCache
 from vfrt.runtime.noise import NoiseBank, NoiseBankError, NoiseSource
 from vfrt.runtime.poses import ViewPlan, orbit_order, plan_multi_input, plan_orbit, plan_single
-from vfrt.runtime.preprocess import ImageInputError, load_image
+from vfrt.runtime.preprocess import load_image
 from vfrt.runtime.sampler import SamplerConfig
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ class GenerationResult:
         sampler: the sampler settings used.
         engine: the engine's resolved choices (JSON-friendly).
         n_views: N of an orbit (0 in single mode).
-        seconds: wall time of the generation (encode + sample + decode).
+        seconds: wall time of the generation (encode + sample + decode); in a batch, from the
+            object joining it to its last view.
     """
 
     images: np.ndarray
@@ -266,16 +269,20 @@ class Pipeline:
         schedule = sampler.schedule(self.model_config.schedule)
         latent_shape = (4, self.resolution // 8, self.resolution // 8)
         results: list = [None] * len(jobs)
+
+        def fail(job: _Job, exc: Exception) -> None:
+            """An object that cannot go on: stop everything, or leave its exception as its result."""
+            if failures == "raise":
+                raise exc
+            results[job.index] = exc
+
         ready = []
         for job in jobs:
             try:
                 job.check(sampler, schedule.num_steps, latent_shape)
-            except (NoiseBankError, ValueError) as exc:
-                if failures == "raise":
-                    raise
-                results[job.index] = exc
-                continue
-            ready.append(job)
+                ready.append(job)
+            except ValueError as exc:             # a noise bank or resumed views that do not fit
+                fail(job, exc)
         self.engine.prepare(self.views_generated + sum(len(j.plans) - len(j.resume) for j in ready))
         run_batch = getattr(self.engine, "run_batch", None)
         if run_batch is None:        # engines without a batched step (the reference): one view after another
@@ -289,10 +296,8 @@ class Pipeline:
                 job = pending.popleft()
                 try:
                     job.start(self.engine, sampler, schedule.num_steps, latent_shape, self.max_cached_views)
-                except (ImageInputError, ValueError) as exc:   # a photo that cannot be read or is the wrong size
-                    if failures == "raise":
-                        raise
-                    results[job.index] = exc
+                except ValueError as exc:         # ImageInputError: a photo that cannot be read or used
+                    fail(job, exc)
                     continue
                 if job.done:           # everything was resumed
                     results[job.index] = self._result(job, sampler)
@@ -316,9 +321,7 @@ class Pipeline:
                 try:
                     self._check_finite(job.v, plan, img)
                 except NonFiniteOutputError as exc:
-                    if failures == "raise":
-                        raise
-                    results[job.index] = exc
+                    fail(job, exc)
                     continue
                 job.add(img)
                 self.views_generated += 1
@@ -372,7 +375,15 @@ class _Job:
                  n_views: int, noise: NoiseBank | None, resume: Sequence[np.ndarray]):
         self.index, self.mode, self.plans, self.load_inputs, self.n_views = index, mode, plans, load_inputs, n_views
         self.noise, self.resume = noise, list(resume)
+        # set by check(): the noise stream and the draws per view
+        self.source: NoiseSource | None = None
+        self.draws: list[int] = []
+        # set by start(), when the object joins the batch
+        self.started = 0.0
         self.inputs: list[torch.Tensor] = []
+        self.pixels: list[torch.Tensor] = []
+        self.cache: ViewCache | None = None
+        self.generator: torch.Generator | None = None
         self.images: list[np.ndarray] = []
         self.v = 0                    # the next view to generate
         self.upcoming = None          # its draws: (x_T, step noise)
@@ -404,7 +415,6 @@ class _Job:
                              f"{sorted({tuple(t.shape[-2:]) for t in self.inputs})}")
         self.cache = ViewCache(engine.device, max_cached_views)
         self.pixels = list(self.inputs)
-        self.generator = None
         if sampler.noise_mode == "fast":
             self.generator = torch.Generator(device=engine.device).manual_seed(sampler.seed)
         self.upcoming = self.draw(0, num_steps, latent_shape)
