@@ -18,6 +18,7 @@ photos' orbits across the GPUs (each step's rows of all objects are split).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue as queue_module
@@ -103,7 +104,6 @@ def spawn_ranks(task: Callable[[RankContext], Any], gpus: int, *, backend: DistB
         raise DistributedError(f"backend must be nccl or gloo, got {backend!r}")
     if backend == "nccl" and torch.cuda.device_count() < gpus:
         raise DistributedError(f"{gpus} GPUs were requested, but this machine has {torch.cuda.device_count()}")
-    os.environ.update(NCCL_ENVIRONMENT)            # inherited by the ranks: no NVLink multicast
     context = mp.get_context("spawn")
     messages = context.Queue()
     result: dict = {}
@@ -121,8 +121,9 @@ def spawn_ranks(task: Callable[[RankContext], Any], gpus: int, *, backend: DistB
 
     with tempfile.TemporaryDirectory(prefix="vfrt-ranks-") as tmp:
         init_file = os.path.join(tmp, "rendezvous")
-        procs = mp.start_processes(_rank_main, args=(gpus, backend, init_file, task, messages), nprocs=gpus,
-                                   join=False, start_method="spawn")
+        with _environment(NCCL_ENVIRONMENT):      # the ranks start with it (no NVLink multicast); not this process
+            procs = mp.start_processes(_rank_main, args=(gpus, backend, init_file, task, messages), nprocs=gpus,
+                                       join=False, start_method="spawn")
         try:
             while not procs.join(timeout=0.2):
                 drain()
@@ -134,6 +135,21 @@ def spawn_ranks(task: Callable[[RankContext], Any], gpus: int, *, backend: DistB
     if "value" not in result:
         raise DistributedError("rank 0 finished without a result")
     return result["value"]
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with ``values`` set, restored afterwards."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _last_lines(text: str, n: int = 12) -> str:

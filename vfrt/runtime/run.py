@@ -16,9 +16,9 @@ Layout of a finished orbit folder ``OUT/``::
     run.json                          parameters, timings, inputs (with the segmentation method),
                                       references and weights per view
 
-:func:`run_many_to_folders` writes the same folder for each of many photos while their orbits advance
-together on the GPU (batched orbits). Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead
-of the orbit views, cameras and animations.
+Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead
+of the orbit views, cameras and animations. :func:`run_many_to_folders` writes the same orbit folder
+for each of many photos while their orbits advance together on the GPU (batched orbits).
 While running, everything goes to ``OUT.partial/`` (with each generated view as exact float32
 ``.npy`` for resuming); the folder is renamed to ``OUT`` only when complete.
 """
