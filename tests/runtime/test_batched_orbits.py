@@ -208,3 +208,26 @@ def test_batched_run_folders_equal_one_run_at_a_time(pipe, tmp_path, assert_same
     assert resumed == [tmp_path / "resumed"] and progress == [(0, 2, 2)]   # only view 1 was generated
     with pytest.raises(RunError, match="mode 'orbit'"):
         run_many_to_folders(pipe, photos, RunConfig(mode="single", delta_azimuth=30.0), [tmp_path / "x"] * 2, batch=2)
+
+
+@torch.no_grad()
+def test_a_lone_row_runs_with_a_zero_weight_copy(pipe):
+    """An unguided K = 1 view has one row: the UNet gets two (the copy weighs 0), the result is the view's."""
+    eng = pipe.engine
+    sched = make_ddim_schedule(4, 1.0)
+    den = eng.bind([eng.encode_view(_image(4))], torch.zeros(1, 4), torch.ones(1), sched, 1.0)
+    x_T = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
+    calls = []
+    unet = eng.executor("unet_step")
+    run = unet.run
+    unet.run = lambda inputs, *a, **k: calls.append(inputs["x"].shape[0]) or run(inputs, *a, **k)
+    try:
+        z = den.run(x_T, torch.zeros((sched.num_steps, 1, 4, 8, 8)))
+    finally:
+        del unet.run
+    assert calls == [2] * sched.num_steps
+    x, table = x_T.clone(), den.view.coefficients      # the same step by hand on the single row
+    for i in range(sched.num_steps):
+        eps = run({"x": x, "h0": den.view.h0, "emb": den.view.emb_table[i:i + 1], "consts": den.view.consts})["eps"]
+        x = table[0, i] * x + table[1, i] * eps.float()
+    torch.testing.assert_close(z, x, atol=TOL, rtol=0)

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 
 #: rows the step buffers start with: a 36-view orbit needs up to K = 25 (+1 unconditional row)
 INITIAL_ROWS = 26
+#: fewest rows one UNet call gets: a lone row runs with a zero-weight copy beside it, because a one-row
+#: call makes torch.compile specialise a second graph (dynamo's 0/1 rule: a second compile of tens of
+#: seconds), while the copy costs at most one row's share of a latency-bound step (docs/PERF.md).
+#: Lone rows happen on the ranks of a split step (2 rows on 2 GPUs) and for an unguided K = 1 view.
+MIN_CALL_ROWS = 2
 
 
 @dataclass
@@ -154,7 +159,7 @@ class StepGraphCache:
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._loaded_views: tuple[BoundView, ...] = ()
         self._total_rows = 0          # R of the loaded views (all ranks)
-        self._local_rows = 0          # the rows this process runs
+        self._local_rows = 0          # the rows this process runs (incl. a padded copy of a lone row)
 
     # ------------------------------------------------------------------ lifecycle
     def load(self, view: BoundView, x_T: torch.Tensor, noise_bar: torch.Tensor) -> None:
@@ -179,7 +184,8 @@ class StepGraphCache:
                              f"{tuple(x_T.shape)} and {tuple(noise_bar.shape)}")
         total = sum(v.rows for v in views)
         lo, hi = (0, total) if self.split is None else self.split.rows(total)
-        self._ensure_buffers(first, hi - lo, N, tuple(x_T.shape[1:]))
+        call_rows = MIN_CALL_ROWS if hi - lo == 1 else hi - lo
+        self._ensure_buffers(first, call_rows, N, tuple(x_T.shape[1:]))
         b = self._buffers
         b["x"].zero_()
         b["noise"].zero_()
@@ -195,13 +201,16 @@ class StepGraphCache:
                 b["row_object"][dst].fill_(n)
                 b["mix"][n, dst].copy_(v.row_coefficients()[src])
             offset += v.rows
+        for pad in range(hi - lo, call_rows):      # a copy of the lone row, with weight 0 in every object's mix
+            for name in ("h0", "consts", "row_object"):
+                b[name][pad].copy_(b[name][0])
         b["emb_table"][:S].copy_(first.emb_table)
         b["coefficients"][:, :S].copy_(first.coefficients)
         b["noise"][:S, :N].copy_(noise_bar)
         b["x"][:N].copy_(x_T)
         b["step"].zero_()
         self._loaded_views = views
-        self._total_rows, self._local_rows = total, hi - lo
+        self._total_rows, self._local_rows = total, call_rows if hi > lo else 0
 
     def capture(self) -> bool:
         """Capture the graph for the loaded row count unless it exists; True if a capture happened.
