@@ -275,6 +275,7 @@ class Pipeline:
             if failures == "raise":
                 raise exc
             results[job.index] = exc
+            job.release()
 
         ready = []
         for job in jobs:
@@ -338,6 +339,7 @@ class Pipeline:
     def _result(self, job: "_Job", sampler: SamplerConfig) -> GenerationResult:
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize(self.engine.device)
+        job.release()
         poses = np.array([p.pose for p in job.plans], dtype=np.float64)
         return GenerationResult(
             images=np.stack(job.images).astype(np.float32), azimuths=poses[:, 1].copy(), poses=poses,
@@ -440,6 +442,10 @@ class _Job:
         self.pixels.append(image)
         self.images.append(image[0].numpy())
         self.v += 1
+
+    def release(self) -> None:
+        """Drop what only generation needs (reference encodings on the device, pixel copies) once it is over."""
+        self.cache, self.pixels = None, []
 
 
 def _load_inputs(image, resolution: int, preprocess: bool) -> list[torch.Tensor]:
