@@ -7,16 +7,18 @@ the shared step of :mod:`vfrt.engines.step`:
 * ``bind``: ``conditioning`` on the K references plus the unconditional row, the schedule's
   ``time_embedding`` table and update coefficients (both cached per schedule);
 * ``run``: S steps of ``unet_step`` + guided combined update in the :class:`StepGraphCache`;
+  ``run_batch`` advances the target views of several objects together (batched orbits);
 * ``decode``: ``vae_decoder``.
 
 :meth:`FastEngine.from_model` builds it from a loaded Zero123 with the torch executors (eager, and
 compiled for the UNet when the resolved config says so). Other backends build the same engine from
-other executors.
+other executors. :meth:`FastEngine.distribute` splits every step's rows across the processes of a
+multi-GPU run (:mod:`vfrt.engines.distributed`).
 """
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
@@ -24,7 +26,10 @@ from vfrt.engines.base import ViewEncoding
 from vfrt.engines.config import EngineConfig, ResolvedEngineConfig
 from vfrt.engines.executors import CompiledExecutor, EagerExecutor, Executor
 from vfrt.engines.specs import NETWORK_NAMES, Networks, build_networks
-from vfrt.engines.step import BoundView, StepGraphCache, combined_noise, step_coefficients
+from vfrt.engines.step import BoundView, StepGraphCache, check_one_schedule, combined_noise, step_coefficients
+
+if TYPE_CHECKING:
+    from vfrt.engines.distributed import RowSplit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class FastEngine:
         self.requested = requested
         self.networks = networks
         self._executors = {name: executors[name].load() for name in NETWORK_NAMES}
+        #: this process's share of every step in a multi-GPU run (None: the whole step here)
+        self.split: RowSplit | None = None
         self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, config.graphs)
         self._emb_tables: dict[tuple, torch.Tensor] = {}
         self._coefficients: dict[tuple, torch.Tensor] = {}
@@ -98,8 +105,14 @@ class FastEngine:
                                           triton_conv=new.triton_conv)
         spec = self._executors["unet_step"].spec
         self._executors["unet_step"] = CompiledExecutor(spec, self.networks.unet_step).load()
-        self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, new.graphs)
+        self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, new.graphs, self.split)
         self.config = new
+
+    def distribute(self, split: "RowSplit | None") -> None:
+        """Run this process's rows of every step from now on (``split`` from
+        :func:`vfrt.engines.distributed.init_row_split`); None: the whole step again. Drops captured graphs."""
+        self.split = split if split is not None and split.world_size > 1 else None
+        self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, self.config.graphs, self.split)
 
     # ------------------------------------------------------------------ per view
     @torch.no_grad()
@@ -136,6 +149,27 @@ class FastEngine:
                          coefficients=self._step_coefficients(schedule))
         return FastDenoiser(self, view)
 
+    @torch.no_grad()
+    def run_batch(self, denoisers: Sequence["FastDenoiser"], x_T: Sequence[torch.Tensor],
+                  step_noise: Sequence[torch.Tensor | None],
+                  generators: Sequence[torch.Generator | None] | None = None) -> list[torch.Tensor]:
+        """Denoise N bound target views (of N objects, one schedule) together, each step one UNet call over
+        all their rows. Per view as :meth:`FastDenoiser.run`: x_T (1, C, h, w), step_noise (S, K or 1, C, h, w)
+        or None (drawn on the device from its generator). Returns N final latents z_0, (1, C, h, w) float32;
+        equal to N separate runs up to the rounding of the batched kernels."""
+        if not len(denoisers) == len(x_T) == len(step_noise):
+            raise ValueError(f"run_batch needs one x_T and one step noise per view; got {len(denoisers)} views, "
+                             f"{len(x_T)} x_T and {len(step_noise)} noises")
+        check_one_schedule([d.view for d in denoisers])
+        generators = [None] * len(denoisers) if generators is None else list(generators)
+        latent_shape = tuple(x_T[0].shape[1:])
+        nbar = torch.cat([d.noise_bar(n, latent_shape, g) for d, n, g in zip(denoisers, step_noise, generators)], 1)
+        x = torch.cat([x.to(self.device, torch.float32) for x in x_T])
+        z = self.step_cache.run_batch([d.view for d in denoisers], x, nbar)
+        if self.split is not None:      # identical on every rank already; make it bit-exact by construction
+            self.split.broadcast(z)
+        return list(z.split(1))
+
     def _emb_table(self, schedule) -> torch.Tensor:
         key = tuple(int(t) for t in schedule.timesteps)
         if key not in self._emb_tables:
@@ -167,9 +201,7 @@ class FastDenoiser:
             generator: torch.Generator | None = None) -> torch.Tensor:
         """x_T (1, C, h, w); step_noise (S, K or 1, C, h, w) host draws, or None to draw n_bar on the device
         from ``generator``. Returns z_0, (1, C, h, w) float32."""
-        latent_shape = tuple(x_T.shape[1:])
-        nbar = self.noise_bar(step_noise, latent_shape, generator)
-        return self.engine.step_cache.run(self.view, x_T.to(self.engine.device, torch.float32), nbar)
+        return self.engine.run_batch([self], [x_T], [step_noise], [generator])[0]
 
 
 def _torch_executors(networks: Networks, config: ResolvedEngineConfig) -> dict[str, Executor]:

@@ -1,33 +1,53 @@
 """The one denoising step every fast backend shares, and the cache of its CUDA graphs.
 
-For a target view bound to K references (:class:`BoundView`) one step is (SPEC §3, §4, §6)::
+One step advances N objects in lockstep: target views of N different orbits (N = 1 for one orbit),
+all at the same step index of the same schedule. Object n is a :class:`BoundView` with ``rows_n``
+UNet rows (K_n references, plus the unconditional row when guided); the R = sum_n rows_n rows of all
+objects run in one UNet call (SPEC §3, §4, §6)::
 
-    eps          = unet_step(x, h0, emb[i], consts)                   (R = K + 1 rows, row 0 unconditional;
-                                                                        x expanded to the R rows)
-    e_bar        = e_u + s (sum_k w_k e_ck - e_u)                     (guidance s; without it sum_k w_k eps_k)
-    x            <- c_x[i] x + c_eps[i] e_bar + sigma[i] n_bar[i]       (exact: the weights sum to 1)
+    eps          = unet_step(x[object(r)], h0, emb[i], consts)             (R rows; each row gets its object's latent)
+    e_bar        = M eps                                                   M (N, R): the mixing matrix below
+    x_n          <- c_x[i] x_n + c_eps[i] e_bar_n + sigma[i] n_bar_n[i]      (exact: the weights sum to 1)
 
-with ``n_bar[i] = sum_k w_k n_ik`` (:func:`combined_noise`). The UNet is whatever
-:class:`~vfrt.engines.executors.Executor` the engine was given; the rest is a handful of small
-PyTorch kernels.
+Guidance is linear in the rows' eps, so it is a row of M per object: ``e_u + s (sum_k w_k e_ck - e_u)
+= (1 - s) e_u + sum_k s w_k e_ck``; without guidance M holds the w_k (:meth:`BoundView.row_coefficients`).
+One small fp32 GEMM replaces the per-object sums: deterministic (no atomics) and the same formula for one
+object, a batch, and a split across GPUs. ``n_bar[i] = sum_k w_k n_ik`` (:func:`combined_noise`).
 
-:class:`StepGraphCache` owns the static buffers the step reads and writes, one CUDA memory pool,
-and one captured graph per (rows, guided). A graph freezes shapes and buffer addresses: ``load``
-copies a view's conditioning, tables and noise into the static buffers, ``replay`` runs the S
-steps with no host synchronisation, ``latent`` reads the result. Buffers grow (and graphs are
-dropped and re-captured) when a view needs more rows or steps than any before it.
+Several GPUs (:class:`vfrt.engines.distributed.RowSplit`): every rank holds all objects' latents and
+runs the rows ``[lo, hi)`` of each step, multiplies them by its columns of M, and sums the (N, C, h, w)
+partials with one all-reduce inside the captured graph; every rank then applies the same update. The
+UNet is whatever :class:`~vfrt.engines.executors.Executor` the engine was given (several calls when R
+exceeds its built row range); the rest is a handful of small PyTorch kernels.
+
+:class:`StepGraphCache` owns the static buffers the step reads and writes, one CUDA memory pool, and
+one captured graph per total row count R. The row -> object map, M, the latents and the noise are data
+in static buffers, so the objects' K and guidance do not multiply the graphs. A graph freezes shapes
+and buffer addresses: ``load``/``load_batch`` copy the views' conditioning, tables and noise into the
+static buffers, ``replay`` runs the S steps with no host synchronisation, ``latent``/``latents`` read
+the result. Buffers grow (and graphs are dropped and re-captured) when a load needs more rows,
+objects or steps than any before it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from vfrt.engines.base import combined_update_coefficients
 from vfrt.engines.executors.base import Executor
 
+if TYPE_CHECKING:
+    from vfrt.engines.distributed import RowSplit
+
 #: rows the step buffers start with: a 36-view orbit needs up to K = 25 (+1 unconditional row)
 INITIAL_ROWS = 26
+#: fewest rows one UNet call gets: a lone row runs with a zero-weight copy beside it, because a one-row
+#: call makes torch.compile specialise a second graph (dynamo's 0/1 rule: a second compile of tens of
+#: seconds), while the copy costs at most one row's share of a latency-bound step (docs/PERF.md).
+#: Lone rows happen on the ranks of a split step (2 rows on 2 GPUs) and for an unguided K = 1 view.
+MIN_CALL_ROWS = 2
 
 
 @dataclass
@@ -64,6 +84,17 @@ class BoundView:
     def num_steps(self) -> int:
         return int(self.emb_table.shape[0])
 
+    def row_coefficients(self) -> torch.Tensor:
+        """(rows,) float32: this view's guided eps is ``sum_r a_r eps_r`` over its rows.
+
+        Guided: ``a = [1 - s, s w_1, ..., s w_K]`` (row 0 unconditional); unguided: ``a = w``.
+        """
+        w = self.weights.to(torch.float32)
+        if not self.guided:
+            return w
+        s = float(self.guidance)
+        return torch.cat([torch.full((1,), 1.0 - s, dtype=torch.float32, device=w.device), s * w])
+
 
 def step_coefficients(schedule, device) -> torch.Tensor:
     """(3, S) float32: c_x, c_eps (computed in float64 from the float32 schedule) and sigma per step."""
@@ -95,26 +126,40 @@ def combined_noise(weights: torch.Tensor, num_steps: int, latent_shape: tuple[in
     return torch.einsum("skchw,k->schw", n, weights)[:, None]
 
 
+def split_rows(total: int, parts: int, part: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``part`` when ``total`` rows are cut into ``parts`` contiguous slices whose
+    sizes differ by at most one (a slice may be empty when total < parts)."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be in [0, {parts}), got {part}")
+    return total * part // parts, total * (part + 1) // parts
+
+
 class StepGraphCache:
-    """Static buffers + one CUDA graph per (rows, guided) for the step above.
+    """Static buffers + one CUDA graph per total row count for the step above.
 
     Args:
         unet: executor of the ``unet_step`` spec.
         device: the engine's device.
         use_graphs: capture and replay CUDA graphs (CUDA only, and only if the executor is capturable);
             otherwise ``replay`` runs the step body eagerly.
+        split: this process's share of a step split across GPUs (None: all rows here).
     """
 
-    def __init__(self, unet: Executor, device: torch.device, use_graphs: bool):
+    def __init__(self, unet: Executor, device: torch.device, use_graphs: bool, split: "RowSplit | None" = None):
         self.device = torch.device(device)
         self.use_graphs = bool(use_graphs)
         if self.use_graphs and (self.device.type != "cuda" or not unet.capturable):
             raise ValueError(f"CUDA graphs need a CUDA device and a capturable executor ({unet.kind} on {device})")
         self.unet = unet
+        self.split = split
+        #: most rows one UNet call takes (the executor's built range); more rows run as several calls
+        self.max_call_rows = int(unet.spec.axis("rows").max)
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._buffers: dict[str, torch.Tensor] | None = None
-        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
-        self._view: BoundView | None = None
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._loaded_views: tuple[BoundView, ...] = ()
+        self._total_rows = 0          # R of the loaded views (all ranks)
+        self._local_rows = 0          # the rows this process runs (incl. a padded copy of a lone row)
 
     # ------------------------------------------------------------------ lifecycle
     def load(self, view: BoundView, x_T: torch.Tensor, noise_bar: torch.Tensor) -> None:
@@ -122,28 +167,61 @@ class StepGraphCache:
 
         x_T: (1, C, h, w) float32; noise_bar: (S, 1, C, h, w) float32 (:func:`combined_noise`).
         """
-        self._ensure_buffers(view, tuple(x_T.shape[1:]))
-        b, rows = self._buffers, view.rows
-        b["h0"][:rows].copy_(view.h0)
-        b["consts"][:rows].copy_(view.consts)
-        b["weights"][:view.K].copy_(view.weights)
-        b["guidance"].fill_(view.guidance)
-        S = view.num_steps
-        b["emb_table"][:S].copy_(view.emb_table)
-        b["coefficients"][:, :S].copy_(view.coefficients)
-        b["noise"][:S].copy_(noise_bar)
-        b["x"].copy_(x_T)
+        self.load_batch([view], x_T, noise_bar)
+
+    def load_batch(self, views: Sequence[BoundView], x_T: torch.Tensor, noise_bar: torch.Tensor) -> None:
+        """Copy N views' inputs into the static buffers (N objects advancing together from step 0).
+
+        views: N bound views of one schedule (same S, time-embedding table and update coefficients);
+        x_T: (N, C, h, w) float32 initial latents; noise_bar: (S, N, C, h, w) float32 combined noise.
+        """
+        views = tuple(views)
+        check_one_schedule(views)
+        first = views[0]
+        N, S = len(views), first.num_steps
+        if x_T.shape[0] != N or tuple(noise_bar.shape[:2]) != (S, N) or noise_bar.shape[2:] != x_T.shape[1:]:
+            raise ValueError(f"{N} views need x_T (N, C, h, w) and noise_bar (S={S}, N, C, h, w); got "
+                             f"{tuple(x_T.shape)} and {tuple(noise_bar.shape)}")
+        total = sum(v.rows for v in views)
+        lo, hi = (0, total) if self.split is None else self.split.rows(total)
+        call_rows = MIN_CALL_ROWS if hi - lo == 1 else hi - lo
+        self._ensure_buffers(first, call_rows, N, tuple(x_T.shape[1:]))
+        b = self._buffers
+        b["x"].zero_()
+        b["noise"].zero_()
+        b["mix"].zero_()
+        offset = 0
+        for n, v in enumerate(views):     # copy the part of each view's rows that falls into [lo, hi)
+            a, c = max(lo, offset), min(hi, offset + v.rows)
+            if a < c:
+                dst = slice(a - lo, c - lo)
+                src = slice(a - offset, c - offset)
+                b["h0"][dst].copy_(v.h0[src])
+                b["consts"][dst].copy_(v.consts[src])
+                b["row_object"][dst].fill_(n)
+                b["mix"][n, dst].copy_(v.row_coefficients()[src])
+            offset += v.rows
+        for pad in range(hi - lo, call_rows):      # a copy of the lone row, with weight 0 in every object's mix
+            for name in ("h0", "consts", "row_object"):
+                b[name][pad].copy_(b[name][0])
+        b["emb_table"][:S].copy_(first.emb_table)
+        b["coefficients"][:, :S].copy_(first.coefficients)
+        b["noise"][:S, :N].copy_(noise_bar)
+        b["x"][:N].copy_(x_T)
         b["step"].zero_()
-        self._view = view
+        self._loaded_views = views
+        self._total_rows, self._local_rows = total, call_rows if hi > lo else 0
 
     def capture(self) -> bool:
-        """Capture the loaded view's graph unless it exists; True if a capture happened.
+        """Capture the graph for the loaded row count unless it exists; True if a capture happened.
 
         Two eager warm-up steps on a side stream (kernel selection, lazy compiles) come first; the
-        static buffers' contents are restored afterwards, so the loaded view is unchanged.
+        static buffers' contents are restored afterwards, so the loaded views are unchanged. With a
+        row split every rank captures at the same loads (the key is the total row count), so the
+        ranks' collectives stay in step.
         """
-        view = self._loaded()
-        key = (view.rows, view.guided)
+        self._loaded()
+        key = self._total_rows
         if not self.use_graphs or key in self._graphs:
             return False
         saved = {name: self._buffers[name].clone() for name in ("x", "step")}
@@ -151,55 +229,67 @@ class StepGraphCache:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._body(view.K, view.guided)
+                self._body(self._local_rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._body(view.K, view.guided)
+        # thread_local: NCCL's watchdog thread may query events while this thread captures
+        mode = "global" if self.split is None else "thread_local"
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=mode):
+            self._body(self._local_rows)
         self._graphs[key] = graph
         for name, value in saved.items():
             self._buffers[name].copy_(value)
         return True
 
     def replay(self, steps: int | None = None) -> None:
-        """Run ``steps`` steps (default: all S of the loaded view) from the current step index."""
-        view = self._loaded()
-        steps = view.num_steps if steps is None else int(steps)
+        """Run ``steps`` steps (default: all S of the loaded views) from the current step index."""
+        views = self._loaded()
+        steps = views[0].num_steps if steps is None else int(steps)
         if self.use_graphs:
             self.capture()
-            graph = self._graphs[(view.rows, view.guided)]
+            graph = self._graphs[self._total_rows]
             for _ in range(steps):
                 graph.replay()
         else:
             for _ in range(steps):
-                self._body(view.K, view.guided)
+                self._body(self._local_rows)
 
     def step_eager(self) -> None:
         """One step without the graph (the same kernels launched from Python): for benchmarks."""
-        view = self._loaded()
-        self._body(view.K, view.guided)
+        self._loaded()
+        self._body(self._local_rows)
 
     def rewind(self) -> None:
-        """Set the step index back to 0 (the latent is left as it is): for timing repeated replays."""
+        """Set the step index back to 0 (the latents are left as they are): for timing repeated replays."""
         self._loaded()
         self._buffers["step"].zero_()
 
     def latent(self) -> torch.Tensor:
-        """The current shared latent, (1, C, h, w) float32 (a copy the caller owns)."""
-        self._loaded()
-        return self._buffers["x"].clone()
+        """The current shared latent of a single loaded view, (1, C, h, w) float32 (a copy the caller owns)."""
+        if len(self._loaded()) != 1:
+            raise RuntimeError(f"{len(self._loaded_views)} views are loaded: use latents()")
+        return self.latents()
+
+    def latents(self) -> torch.Tensor:
+        """The current latents of the N loaded views, (N, C, h, w) float32 (a copy the caller owns)."""
+        N = len(self._loaded())
+        return self._buffers["x"][:N].clone()
 
     def run(self, view: BoundView, x_T: torch.Tensor, noise_bar: torch.Tensor) -> torch.Tensor:
-        """load + replay all steps + latent: the final latent z_0 of one target view."""
-        self.load(view, x_T, noise_bar)
+        """load + replay all steps + latent: the final latent z_0 of one target view, (1, C, h, w)."""
+        return self.run_batch([view], x_T, noise_bar)
+
+    def run_batch(self, views: Sequence[BoundView], x_T: torch.Tensor, noise_bar: torch.Tensor) -> torch.Tensor:
+        """load_batch + replay all steps + latents: the final latents of N views, (N, C, h, w)."""
+        self.load_batch(views, x_T, noise_bar)
         self.replay()
-        return self.latent()
+        return self.latents()
 
     def clear(self) -> None:
         """Drop every captured graph and the static buffers (e.g. when the executor changes)."""
         self._drop_graphs()
         self._buffers = None
-        self._view = None
+        self._loaded_views = ()
 
     def _drop_graphs(self) -> None:
         """Forget the graphs and start a new memory pool: once its last graph is gone, PyTorch frees a
@@ -209,65 +299,98 @@ class StepGraphCache:
             self._pool = torch.cuda.graph_pool_handle()
 
     @property
-    def captured(self) -> list[tuple[int, bool]]:
-        """(rows, guided) of every captured graph."""
+    def captured(self) -> list[int]:
+        """Total row count R of every captured graph."""
         return sorted(self._graphs)
 
     @property
     def capacity(self) -> dict[str, int]:
-        """Rows and steps the static buffers hold now (0 before the first load)."""
+        """Rows (this process's), objects and steps the static buffers hold now (0 before the first load)."""
         if self._buffers is None:
-            return {"rows": 0, "steps": 0}
-        return {"rows": int(self._buffers["h0"].shape[0]), "steps": int(self._buffers["emb_table"].shape[0])}
+            return {"rows": 0, "objects": 0, "steps": 0}
+        return {"rows": int(self._buffers["h0"].shape[0]), "objects": int(self._buffers["x"].shape[0]),
+                "steps": int(self._buffers["emb_table"].shape[0])}
 
     # ------------------------------------------------------------------ internals
-    def _loaded(self) -> BoundView:
-        if self._view is None:
+    def _loaded(self) -> tuple[BoundView, ...]:
+        if not self._loaded_views:
             raise RuntimeError("no view is loaded into the step buffers: call load() first")
-        return self._view
+        return self._loaded_views
 
-    def _ensure_buffers(self, view: BoundView, latent_shape: tuple[int, int, int]) -> None:
+    def _ensure_buffers(self, view: BoundView, rows: int, objects: int, latent_shape: tuple[int, int, int]) -> None:
         b = self._buffers
-        fits = (b is not None and b["x"].shape[1:] == latent_shape and b["h0"].shape[0] >= view.rows
+        fits = (b is not None and b["x"].shape[1:] == latent_shape and b["h0"].shape[0] >= rows
+                and b["x"].shape[0] >= objects
                 and b["h0"].shape[1:] == view.h0.shape[1:] and b["consts"].shape[1] == view.consts.shape[1]
                 and b["emb_table"].shape[0] >= view.num_steps and b["emb_table"].shape[1] == view.emb_table.shape[1]
                 and b["h0"].dtype == view.h0.dtype)
         if fits:
             return
-        rows = max(view.rows, INITIAL_ROWS, 0 if b is None else b["h0"].shape[0])
+        rows = max(rows, INITIAL_ROWS, 0 if b is None else b["h0"].shape[0])
+        objects = max(objects, 0 if b is None else b["x"].shape[0])
         steps = max(view.num_steps, 0 if b is None else b["emb_table"].shape[0])
         dev, dtype = self.device, view.h0.dtype
         memory_format = torch.channels_last if view.h0.is_contiguous(memory_format=torch.channels_last) and \
             not view.h0.is_contiguous() else torch.contiguous_format
         self._drop_graphs()           # graphs captured on the old buffers would read freed memory
         self._buffers = {
-            "x": torch.zeros((1, *latent_shape), device=dev),
+            "x": torch.zeros((objects, *latent_shape), device=dev),
             "step": torch.zeros((1,), dtype=torch.long, device=dev),
-            "guidance": torch.zeros((), device=dev),
+            "row_object": torch.zeros((rows,), dtype=torch.long, device=dev),
+            "mix": torch.zeros((objects, rows), device=dev),
             "h0": torch.zeros((rows, *view.h0.shape[1:]), device=dev, dtype=dtype).contiguous(
                 memory_format=memory_format),
             "consts": torch.zeros((rows, view.consts.shape[1]), device=dev, dtype=dtype),
-            "weights": torch.zeros((rows,), device=dev),
             "emb_table": torch.zeros((steps, view.emb_table.shape[1]), device=dev, dtype=view.emb_table.dtype),
             "coefficients": torch.zeros((3, steps), device=dev),
-            "noise": torch.zeros((steps, 1, *latent_shape), device=dev),
+            "noise": torch.zeros((steps, objects, *latent_shape), device=dev),
         }
 
-    @torch.no_grad()
-    def _body(self, K: int, guided: bool) -> None:
-        """One step on the static buffers (what a graph captures)."""
+    def _eps(self, rows: int) -> torch.Tensor:
+        """eps of this process's first ``rows`` buffer rows, (rows, C, h, w) float32 contiguous (several UNet
+        calls of near-equal size when ``rows`` exceeds the executor's built range; the cast also leaves a
+        channels-last output row-major, as the mixing GEMM needs)."""
         b = self._buffers
-        rows = K + 1 if guided else K
+        x_rows = b["x"].index_select(0, b["row_object"][:rows])
+        emb = b["emb_table"].index_select(0, b["step"])
+        calls = -(-rows // self.max_call_rows)
+        parts = []
+        for c in range(calls):
+            lo, hi = split_rows(rows, calls, c)
+            parts.append(self.unet.run({"x": x_rows[lo:hi], "h0": b["h0"][lo:hi], "emb": emb,
+                                        "consts": b["consts"][lo:hi]})["eps"].to(torch.float32,
+                                                                                 memory_format=torch.contiguous_format))
+        return parts[0] if calls == 1 else torch.cat(parts)
+
+    @torch.no_grad()
+    def _body(self, rows: int) -> None:
+        """One step on the static buffers (what a graph captures); ``rows``: this process's rows."""
+        b = self._buffers
         i = b["step"]
-        eps = self.unet.run({"x": b["x"].expand(rows, -1, -1, -1).contiguous(), "h0": b["h0"][:rows], "emb": b["emb_table"].index_select(0, i),
-                             "consts": b["consts"][:rows]})["eps"].float()
-        w = b["weights"][:K].view(-1, 1, 1, 1)
-        if guided:
-            e_u, e_c = eps[:1], eps[1:]
-            e_bar = e_u + b["guidance"] * ((w * e_c).sum(0, keepdim=True) - e_u)
-        else:
-            e_bar = (w * eps).sum(0, keepdim=True)
+        if rows:
+            eps = self._eps(rows)
+            e_bar = torch.mm(b["mix"][:, :rows], eps.view(rows, -1)).view(b["x"].shape)
+        else:             # a rank without rows this view (R < GPUs) still joins the all-reduce
+            e_bar = torch.zeros_like(b["x"])
+        if self.split is not None:
+            self.split.reduce(e_bar)
         coef = b["coefficients"].index_select(1, i).view(3, 1, 1, 1, 1)
         x_next = coef[0] * b["x"] + coef[1] * e_bar + coef[2] * b["noise"].index_select(0, i)[0]
         b["x"].copy_(x_next)
         b["step"].add_(1)
+
+
+def check_one_schedule(views: Sequence[BoundView]) -> None:
+    """Raise ValueError unless the views (at least one) can advance together: one sampler schedule."""
+    if not views:
+        raise ValueError("a step needs at least one bound view")
+    first = views[0]
+    for v in views[1:]:
+        if v.num_steps != first.num_steps or not _same(v.emb_table, first.emb_table) \
+                or not _same(v.coefficients, first.coefficients):
+            raise ValueError("views advancing together must share one sampler schedule (steps and eta)")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same values (the engine caches one table per schedule, so usually the same tensor)."""
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b)))

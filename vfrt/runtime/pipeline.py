@@ -4,21 +4,25 @@
     pipe = Pipeline.from_checkpoint("zero123-xl.ckpt")                  # device and backend: auto
     out = pipe.orbit("chair.png", views=36)                             # 35 generated views, generation order
     out = pipe.single("chair.png", delta_polar=-20.0, delta_azimuth=65.0, sampler=SamplerConfig(steps=50))
+    outs = pipe.orbit_many(["a.png", "b.png", "c.png"], batch=2)        # orbits advancing together
 
 All angles are degrees at this API; results carry radians. The sampling loop is the same for
 every backend: plans (references, weights, pose conditions) come from :mod:`vfrt.runtime.poses`,
-noise from :mod:`vfrt.runtime.noise`, and each target view is one ``engine.bind(...).run(...)``.
+noise from :mod:`vfrt.runtime.noise`, and each target view is one ``engine.bind(...)``; the bound
+views of all objects in a batch run together (``engine.run_batch``; one orbit is a batch of one).
 Engine choices come from one :class:`~vfrt.engines.config.EngineConfig`, sampler settings from one
 :class:`~vfrt.runtime.sampler.SamplerConfig`.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -45,13 +49,14 @@ class GPUOutOfMemoryError(TorchOutOfMemoryError):
     A ``torch.OutOfMemoryError`` (callers catching that still catch this), with advice on what to lower.
     """
 
-    def __init__(self, view: int, K: int, backend: str, dtype: str, detail: str):
-        self.view, self.K, self.backend, self.dtype = view, K, backend, dtype
+    def __init__(self, view: int, K: int, backend: str, dtype: str, detail: str, *, batch: int = 1):
+        self.view, self.K, self.backend, self.dtype, self.batch = view, K, backend, dtype, batch
         #: what to lower first, besides fewer views or the CPU: the fp16 fast backend, or fp16 on it
         self.try_fast_backend = backend == "reference"
         self.try_float16 = not self.try_fast_backend and dtype == "float32"
-        advice = ("backend='fast' (fp16, ~4 GB at K = 25), " if self.try_fast_backend else
-                  "dtype='float16', " if self.try_float16 else "")
+        advice = (f"a smaller batch ({batch} objects shared each step), " if batch > 1 else "") + \
+            ("backend='fast' (fp16, ~4 GB at K = 25), " if self.try_fast_backend else
+             "dtype='float16', " if self.try_float16 else "")
         super().__init__(f"the GPU ran out of memory at view {view} (K = {K} references, {backend} backend): "
                          f"try {advice}fewer views (K grows with the orbit, up to 25 for 36 views), or "
                          f"device='cpu'. CUDA said: {detail.splitlines()[0][:200] if detail else '-'}")
@@ -59,6 +64,8 @@ class GPUOutOfMemoryError(TorchOutOfMemoryError):
 
 #: called after each generated view: (view index, image (3, H, W) float32 numpy, plan)
 ViewCallback = Callable[[int, np.ndarray, ViewPlan], None]
+#: the same for :meth:`Pipeline.orbit_many`: (object index, view index, image, plan)
+BatchViewCallback = Callable[[int, int, np.ndarray, ViewPlan], None]
 
 
 @dataclass
@@ -80,7 +87,8 @@ class GenerationResult:
         sampler: the sampler settings used.
         engine: the engine's resolved choices (JSON-friendly).
         n_views: N of an orbit (0 in single mode).
-        seconds: wall time of the generation (encode + sample + decode).
+        seconds: wall time of the generation (encode + sample + decode); in a batch, from the
+            object joining it to its last view.
     """
 
     images: np.ndarray
@@ -209,80 +217,157 @@ class Pipeline:
         result.input_poses = p_rad
         return result
 
+    def orbit_many(self, images: Sequence, views: int = 36, *, generate: int | None = None,
+                   sampler: SamplerConfig | None = None, batch: int = 4,
+                   noise: Sequence[NoiseBank | None] | None = None, preprocess: bool = True,
+                   on_view: BatchViewCallback | None = None, resume: Sequence[Sequence[np.ndarray]] | None = None,
+                   failures: Literal["raise", "return"] = "raise") -> list:
+        """Orbits of several photos, ``batch`` of them advancing together on the engine (continuous batching).
+
+        Every step runs the rows of all objects in the batch in one UNet call, each object with its own
+        references, weights, latent and noise; an object joins when a slot frees up and leaves when its
+        orbit is done (at view boundaries: all objects run the same S steps per view). Each object draws
+        its noise exactly as :meth:`orbit` would (same seed or its own bank), so result i equals
+        ``orbit(images[i], ...)`` up to the rounding of the batched kernels.
+
+        Args:
+            images: the photos (paths, PIL images, arrays or tensors; see :meth:`orbit`).
+            batch: objects advancing together (>= 1); more photos wait for a free slot.
+            noise: one noise bank (or None: from the sampler's seed) per photo.
+            on_view: ``(object index, view index, image, plan)`` after each generated view.
+            resume: per photo, the views it generated earlier (see :meth:`orbit`).
+            failures: "raise" stops at the first failing object (as :meth:`orbit`); "return" drops it from
+                the batch, keeps the others going and puts the exception at its place in the result list.
+        Returns:
+            One :class:`GenerationResult` per photo, in order (an exception where one failed with "return").
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        if failures not in ("raise", "return"):
+            raise ValueError(f"failures must be 'raise' or 'return', got {failures!r}")
+        images = list(images)
+        if not images:
+            raise ValueError("orbit_many needs at least one image")
+        noise = [None] * len(images) if noise is None else list(noise)
+        resume = [()] * len(images) if resume is None else [list(r) for r in resume]
+        for name, given in (("noise banks", noise), ("resume lists", resume)):
+            if len(given) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(given)} {name}")
+        sampler = sampler or SamplerConfig.for_mode("orbit")
+        plans = plan_orbit(views, generate, sampler.inference_temp, sampler.auto_temp)
+        # photos are loaded (and segmented) when their object joins the batch, not all up front
+        jobs = [_Job(i, "orbit", plans, functools.partial(_load_inputs, im, self.resolution, preprocess), views,
+                     bank, done) for i, (im, bank, done) in enumerate(zip(images, noise, resume))]
+        return self._generate_many(jobs, sampler, batch, on_view, failures)
+
     # ------------------------------------------------------------------ the loop
     def _generate(self, mode, plans: list[ViewPlan], inputs: list[torch.Tensor], n_views: int, sampler: SamplerConfig,
                   noise: NoiseBank | None, on_view, resume) -> GenerationResult:
-        if noise is not None and not sampler.replayable:
-            raise NoiseBankError("a noise bank replays 'exact' or 'shared' runs; noise_mode='fast' draws on the device")
+        callback = None if on_view is None else (lambda _, v, image, plan: on_view(v, image, plan))
+        job = _Job(0, mode, plans, lambda: inputs, n_views, noise, list(resume))
+        return self._generate_many([job], sampler, 1, callback, "raise")[0]
+
+    def _generate_many(self, jobs: list["_Job"], sampler: SamplerConfig, batch: int, on_view,
+                       failures: str) -> list:
+        """The sampling loop: rounds of one target view per active object, until every object is done.
+
+        A round binds each active object's next view, denoises them together (``engine.run_batch``; one
+        after another on engines without it), decodes them and hands them out. Objects join at round
+        boundaries while fewer than ``batch`` are active. With one object this is the plain
+        autoregressive loop of the original scripts.
+        """
         schedule = sampler.schedule(self.model_config.schedule)
-        H, W = inputs[0].shape[-2:]
-        latent_shape = (4, H // 8, W // 8)
-        source = NoiseSource.from_bank(noise) if noise is not None else NoiseSource.from_seed(sampler.seed)
-        draws = [0 if sampler.noise_mode == "fast" else 1 if sampler.noise_mode == "shared" else p.K for p in plans]
-        source.check_plan(draws, schedule.num_steps, latent_shape)
-        if len(resume) > len(plans):
-            raise ValueError(f"resume holds {len(resume)} views but the run generates {len(plans)}")
-        self.engine.prepare(self.views_generated + len(plans) - len(resume))
-        device_generator = None
-        if sampler.noise_mode == "fast":
-            device_generator = torch.Generator(device=self.engine.device).manual_seed(sampler.seed)
+        latent_shape = (4, self.resolution // 8, self.resolution // 8)
+        results: list = [None] * len(jobs)
 
-        t0 = time.perf_counter()
-        cache = ViewCache(self.engine.device, self.max_cached_views)
-        pixels = list(inputs)        # slot -> (1, 3, H, W); encoded on first use as a reference
+        def fail(job: _Job, exc: Exception) -> None:
+            """An object that cannot go on: stop everything, or leave its exception as its result."""
+            if failures == "raise":
+                raise exc
+            results[job.index] = exc
+            job.release()
 
-        def reference(slot: int):
-            if slot not in cache:
-                cache.put(slot, self.engine.encode_view(pixels[slot]))
-            return cache.get(slot)
+        ready = []
+        for job in jobs:
+            try:
+                job.check(sampler, schedule.num_steps, latent_shape)
+                ready.append(job)
+            except ValueError as exc:             # a noise bank or resumed views that do not fit
+                fail(job, exc)
+        self.engine.prepare(self.views_generated + sum(len(j.plans) - len(j.resume) for j in ready))
+        run_batch = getattr(self.engine, "run_batch", None)
+        if run_batch is None:        # engines without a batched step (the reference): one view after another
+            def run_batch(dens, x_T, step_noise, generators):
+                return [d.run(x, n, g) for d, x, n, g in zip(dens, x_T, step_noise, generators)]
 
-        def draw(v: int):
-            return source.view(v, draws[v], schedule.num_steps, latent_shape) if v < len(plans) else None
-
-        images = []
-        upcoming = draw(0)
-        for v, plan in enumerate(plans):
-            x_T, step_noise = upcoming
-            if v < len(resume):           # finished earlier: keep its image, still consume its draws
-                upcoming = draw(v + 1)
-                img = torch.as_tensor(np.asarray(resume[v], dtype=np.float32))[None]
-            else:
-                with self._clear_oom(v, plan):
-                    refs = [reference(int(s)) for s in plan.references]
-                    den = self.engine.bind(refs, torch.from_numpy(plan.pose_conditions), torch.from_numpy(plan.weights), schedule,
-                                           sampler.guidance)
-                    decoded = self.engine.decode(den.run(x_T, step_noise, device_generator))
-                    # The GPU work of this view is queued: draw the next view's noise (same order of draws)
-                    # on the host meanwhile, instead of after waiting for the image.
-                    upcoming = draw(v + 1)
-                    img = decoded.float().cpu()
-                self._check_finite(v, plan, img)
+        pending = deque(ready)
+        active: list[_Job] = []
+        while pending or active:
+            while pending and len(active) < batch:
+                job = pending.popleft()
+                try:
+                    job.start(self.engine, sampler, schedule.num_steps, latent_shape, self.max_cached_views)
+                except ValueError as exc:         # ImageInputError: a photo that cannot be read or used
+                    fail(job, exc)
+                    continue
+                if job.done:           # everything was resumed
+                    results[job.index] = self._result(job, sampler)
+                else:
+                    active.append(job)
+            if not active:
+                continue
+            with self._clear_oom(active[0].v, active[0].plans[active[0].v], len(active)):
+                dens = [job.bind(self.engine, schedule, sampler.guidance) for job in active]
+                latents = run_batch(dens, [job.upcoming[0] for job in active], [job.upcoming[1] for job in active],
+                                    [job.generator for job in active])
+                decoded = [self.engine.decode(z) for z in latents]
+                # The GPU work of this round is queued: draw the next views' noise (same order of draws
+                # per object) on the host meanwhile, instead of after waiting for the images.
+                for job in active:
+                    job.upcoming = job.draw(job.v + 1, schedule.num_steps, latent_shape)
+                images = [d.float().cpu() for d in decoded]
+            still = []
+            for job, img in zip(active, images):
+                plan = job.plans[job.v]
+                try:
+                    self._check_finite(job.v, plan, img)
+                except NonFiniteOutputError as exc:
+                    fail(job, exc)
+                    continue
+                job.add(img)
                 self.views_generated += 1
-            pixels.append(img)
-            images.append(img[0].numpy())
-            if on_view is not None and v >= len(resume):
-                on_view(v, images[-1], plan)
-            log.info("view %d/%d done (K=%d)", v + 1, len(plans), plan.K)
+                if on_view is not None:
+                    on_view(job.index, job.v - 1, job.images[-1], plan)
+                log.info("object %d: view %d/%d done (K=%d)", job.index, job.v, len(job.plans), plan.K)
+                if job.done:
+                    results[job.index] = self._result(job, sampler)
+                else:
+                    still.append(job)
+            active = still
+        return results
+
+    def _result(self, job: "_Job", sampler: SamplerConfig) -> GenerationResult:
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize(self.engine.device)
-        seconds = time.perf_counter() - t0
-        poses = np.array([p.pose for p in plans], dtype=np.float64)
+        job.release()
+        poses = np.array([p.pose for p in job.plans], dtype=np.float64)
         return GenerationResult(
-            images=np.stack(images).astype(np.float32), azimuths=poses[:, 1].copy(), poses=poses,
-            references=[p.references for p in plans], weights=[p.weights for p in plans],
-            inputs=torch.cat(inputs).numpy().astype(np.float32),
-            noise=source.recorded if sampler.replayable else None, mode=mode, sampler=sampler,
-            engine=self.engine.describe(), n_views=n_views, seconds=seconds)
+            images=np.stack(job.images).astype(np.float32), azimuths=poses[:, 1].copy(), poses=poses,
+            references=[p.references for p in job.plans], weights=[p.weights for p in job.plans],
+            inputs=torch.cat(job.inputs).numpy().astype(np.float32),
+            noise=job.source.recorded if sampler.replayable else None, mode=job.mode, sampler=sampler,
+            engine=self.engine.describe(), n_views=job.n_views, seconds=time.perf_counter() - job.started)
 
     @contextlib.contextmanager
-    def _clear_oom(self, v: int, plan: ViewPlan):
+    def _clear_oom(self, v: int, plan: ViewPlan, batch: int = 1):
         """Turn a device out-of-memory error into :class:`GPUOutOfMemoryError` naming the view, K and what to lower."""
         try:
             yield
         except GPUOutOfMemoryError:
             raise
         except TorchOutOfMemoryError as exc:
-            raise GPUOutOfMemoryError(v, plan.K, self.backend, self.engine.config.dtype, str(exc)) from exc
+            raise GPUOutOfMemoryError(v, plan.K, self.backend, self.engine.config.dtype, str(exc),
+                                      batch=batch) from exc
 
     def _check_finite(self, v: int, plan: ViewPlan, img: torch.Tensor) -> None:
         if not torch.isfinite(img).all():
@@ -290,3 +375,88 @@ class Pipeline:
                 f"view {v} ({math.degrees(plan.pose[1]):+.0f} deg azimuth) came out with NaN/inf values"
                 f" on the {self.backend} backend; the weights may be corrupt, or fp16 overflowed - "
                 "try the float32 reference backend or dtype='bfloat16'")
+
+
+class _Job:
+    """One object's generation: its plans, inputs, noise and finished views (state of the loop above).
+
+    Slots: ``pixels[0 .. M-1]`` the input views, then one per generated view (SPEC §5 slot numbering).
+    """
+
+    def __init__(self, index: int, mode: str, plans: list[ViewPlan], load_inputs: Callable[[], list[torch.Tensor]],
+                 n_views: int, noise: NoiseBank | None, resume: Sequence[np.ndarray]):
+        self.index, self.mode, self.plans, self.load_inputs, self.n_views = index, mode, plans, load_inputs, n_views
+        self.noise, self.resume = noise, list(resume)
+        # set by check(): the noise stream and the draws per view
+        self.source: NoiseSource | None = None
+        self.draws: list[int] = []
+        # set by start(), when the object joins the batch
+        self.started = 0.0
+        self.inputs: list[torch.Tensor] = []
+        self.pixels: list[torch.Tensor] = []
+        self.cache: ViewCache | None = None
+        self.generator: torch.Generator | None = None
+        self.images: list[np.ndarray] = []
+        self.v = 0                    # the next view to generate
+        self.upcoming = None          # its draws: (x_T, step noise)
+
+    @property
+    def done(self) -> bool:
+        return self.v >= len(self.plans)
+
+    def check(self, sampler: SamplerConfig, num_steps: int, latent_shape) -> None:
+        """Fail before any compute if the noise bank or the resumed views do not fit this object's run."""
+        if self.noise is not None and not sampler.replayable:
+            raise NoiseBankError("a noise bank replays 'exact' or 'shared' runs; noise_mode='fast' draws on the device")
+        if len(self.resume) > len(self.plans):
+            raise ValueError(f"resume holds {len(self.resume)} views but the run generates {len(self.plans)}")
+        self.source = NoiseSource.from_bank(self.noise) if self.noise is not None else \
+            NoiseSource.from_seed(sampler.seed)
+        self.draws = [0 if sampler.noise_mode == "fast" else 1 if sampler.noise_mode == "shared" else p.K
+                      for p in self.plans]
+        self.source.check_plan(self.draws, num_steps, latent_shape)
+
+    def start(self, engine, sampler: SamplerConfig, num_steps: int, latent_shape, max_cached_views) -> None:
+        """Join the batch: a fresh view cache and noise stream; resumed views are taken over (their draws are
+        still consumed, so the remaining views get the noise of an uninterrupted run)."""
+        self.started = time.perf_counter()
+        self.inputs = self.load_inputs()
+        size = (latent_shape[1] * 8, latent_shape[2] * 8)
+        if any(tuple(t.shape[-2:]) != size for t in self.inputs):
+            raise ValueError(f"the input views must be {size[0]}x{size[1]}, got "
+                             f"{sorted({tuple(t.shape[-2:]) for t in self.inputs})}")
+        self.cache = ViewCache(engine.device, max_cached_views)
+        self.pixels = list(self.inputs)
+        if sampler.noise_mode == "fast":
+            self.generator = torch.Generator(device=engine.device).manual_seed(sampler.seed)
+        self.upcoming = self.draw(0, num_steps, latent_shape)
+        for done in self.resume:
+            self.upcoming = self.draw(self.v + 1, num_steps, latent_shape)
+            self.add(torch.as_tensor(np.asarray(done, dtype=np.float32))[None])
+
+    def draw(self, v: int, num_steps: int, latent_shape):
+        return self.source.view(v, self.draws[v], num_steps, latent_shape) if v < len(self.plans) else None
+
+    def bind(self, engine, schedule, guidance: float):
+        """The engine's denoiser for view ``v`` (its references encoded on first use)."""
+        plan = self.plans[self.v]
+        refs = []
+        for slot in (int(s) for s in plan.references):
+            if slot not in self.cache:
+                self.cache.put(slot, engine.encode_view(self.pixels[slot]))
+            refs.append(self.cache.get(slot))
+        return engine.bind(refs, torch.from_numpy(plan.pose_conditions), torch.from_numpy(plan.weights), schedule, guidance)
+
+    def add(self, image: torch.Tensor) -> None:
+        """View ``v`` is finished: (1, 3, H, W) float32 on the host."""
+        self.pixels.append(image)
+        self.images.append(image[0].numpy())
+        self.v += 1
+
+    def release(self) -> None:
+        """Drop what only generation needs (reference encodings on the device, pixel copies) once it is over."""
+        self.cache, self.pixels = None, []
+
+
+def _load_inputs(image, resolution: int, preprocess: bool) -> list[torch.Tensor]:
+    return [load_image(image, resolution, preprocess)]

@@ -17,7 +17,8 @@ Layout of a finished orbit folder ``OUT/``::
                                       references and weights per view
 
 Single-target mode writes ``views/input.png``, ``views/step_XX.png`` and ``target.png`` instead
-of the orbit views, cameras and animations.
+of the orbit views, cameras and animations. :func:`run_many_to_folders` writes the same orbit folder
+for each of many photos while their orbits advance together on the GPU (batched orbits).
 While running, everything goes to ``OUT.partial/`` (with each generated view as exact float32
 ``.npy`` for resuming); the folder is renamed to ``OUT`` only when complete.
 """
@@ -233,36 +234,15 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     ``out_dir.partial`` with the same settings is resumed (``resume``); one with other settings is refused
     (:func:`check_output_folder`). Returns the finished folder's path.
     """
-    image = Path(image)
-    out = Path(out_dir)
-    partial = out.with_name(out.name + ".partial")
-    fingerprint = run_fingerprint(image, cfg, noise, pipe.backend, pipe.resolution)
-    check_output_folder(out, fingerprint, overwrite=overwrite, resume=resume)
-    # Prepared (and segmented) before anything is written, so a bad photo leaves no folder behind.
-    photos = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
-    prepared = list(prepared) if prepared is not None else prepare_inputs(image, cfg, pipe.resolution)
-    done = []
-    if partial.exists():
-        if resume and _partial_fingerprint(partial) == fingerprint:
-            v = 0
-            while (partial / "generated" / f"v{v:02d}.npy").is_file():
-                done.append(np.load(partial / "generated" / f"v{v:02d}.npy"))
-                v += 1
-            log.info("resuming %s: %d views already generated", partial, len(done))
-        else:
-            shutil.rmtree(partial)
-    (partial / "generated").mkdir(parents=True, exist_ok=True)
-    (partial / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "complete": False}, indent=2))
+    folder = RunFolder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=resume, prepared=prepared)
 
     def save_view(v: int, img: np.ndarray, plan) -> None:
-        tmp = partial / "generated" / f"v{v:02d}.tmp.npy"
-        np.save(tmp, img.astype(np.float32))
-        tmp.replace(partial / "generated" / f"v{v:02d}.npy")
+        folder.save_view(v, img)
         if on_view is not None:
-            on_view(v + 1, total)
+            on_view(v + 1, folder.total)
 
-    common = dict(sampler=cfg.sampler, noise=noise, preprocess=cfg.preprocess, on_view=save_view, resume=done)
-    total = cfg.generated_views
+    common = dict(sampler=cfg.sampler, noise=noise, preprocess=cfg.preprocess, on_view=save_view, resume=folder.done)
+    prepared = folder.prepared
     t0 = time.perf_counter()
     if cfg.mode == "orbit":
         result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, **common)
@@ -272,22 +252,150 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     else:
         poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
         result = pipe.multi_view(prepared, poses, views=cfg.views, generate=cfg.generate, **common)
-    seconds = time.perf_counter() - t0
+    return folder.finish(result, time.perf_counter() - t0)
 
-    try:
-        inputs_meta = _write_inputs(partial, photos, prepared, cfg)
-        _write_outputs(partial, result, cfg.elevation)
-    except MediaError as exc:
-        raise RunError(f"{exc}; the generated views are kept in {partial} - run the same command again "
-                       "to retry the outputs") from exc
-    meta = {"fingerprint": fingerprint, **_result_meta(result, seconds),
-            "segmentation": prepared[0].method, "inputs": inputs_meta}
-    (partial / "run.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(partial / "generated")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    return out
+
+#: photos prepared ahead of the batch by :func:`run_many_to_folders`, per batch slot
+PREPARED_PER_SLOT = 4
+
+
+def run_many_to_folders(pipe, images, cfg: RunConfig, out_dirs, *, batch: int, noise=None, overwrite: bool = False,
+                        resume: bool = True, on_view: Callable[[int, int, int], None] | None = None,
+                        share: Callable[[object], object] | None = None, writer: bool = True) -> list:
+    """One orbit folder per photo, ``batch`` orbits advancing together (:meth:`Pipeline.orbit_many`).
+
+    Each folder is what :func:`run_to_folder` writes for that photo alone (same files, same images up to
+    the rounding of the batched kernels, same run.json apart from timings), made the same way: in
+    ``OUT.partial/``, resumable, renamed when complete. A photo that fails (unreadable, a finished
+    folder in the way, a non-finite view) does not stop the others.
+
+    Args:
+        images: photo paths; out_dirs: one output folder per photo.
+        noise: None, or one noise bank (or None) per photo.
+        on_view: ``(photo index, done, total)`` after each generated view.
+        share, writer: for the processes of a multi-GPU run (:mod:`vfrt.runtime.multigpu`): only the
+            ``writer`` prepares photos and touches folders; ``share(work)`` hands the writer's description
+            of each chunk (prepared photos, noise banks, resumed views) to every process, so all run the
+            same generation.
+    Returns:
+        Per photo, the finished folder's path or the exception that stopped it (empty for a non-writer).
+    """
+    images, out_dirs = [Path(i) for i in images], [Path(o) for o in out_dirs]
+    if len(images) != len(out_dirs):
+        raise ValueError(f"got {len(images)} images but {len(out_dirs)} output folders")
+    if cfg.mode != "orbit":
+        raise RunError(f"batched runs make one orbit per photo (mode 'orbit'), not mode {cfg.mode!r}")
+    noise = [None] * len(images) if noise is None else list(noise)
+    if len(noise) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(noise)} noise banks")
+    outcomes: list = [None] * len(images)
+    chunk = batch * PREPARED_PER_SLOT       # bounds the prepared photos (and masks) held at once
+    for first in range(0, len(images), chunk):
+        folders = {}
+        for i in (range(first, min(first + chunk, len(images))) if writer else ()):
+            try:
+                folders[i] = RunFolder(pipe, images[i], cfg, out_dirs[i], noise=noise[i], overwrite=overwrite,
+                                       resume=resume)
+            except (RunError, ValueError) as exc:      # ImageInputError and NoiseBankError are ValueErrors
+                outcomes[i] = exc
+        # (photo index, model input, noise bank, resumed views) of each photo this chunk generates
+        work = [(i, PreparedImage(f.prepared[0].tensor), noise[i], f.done) for i, f in folders.items()]
+        if share is not None:
+            work = share(work if writer else None)
+        if not work:
+            continue
+        order = [i for i, *_ in work]
+
+        def save_view(slot: int, v: int, img: np.ndarray, plan) -> None:
+            if writer:
+                folder = folders[order[slot]]
+                folder.save_view(v, img)
+                if on_view is not None:
+                    on_view(order[slot], v + 1, folder.total)
+
+        results = pipe.orbit_many([w[1] for w in work], views=cfg.views, generate=cfg.generate,
+                                  sampler=cfg.sampler, batch=batch, noise=[w[2] for w in work],
+                                  preprocess=cfg.preprocess, on_view=save_view,
+                                  resume=[w[3] for w in work], failures="return")
+        if not writer:
+            continue
+        for i, result in zip(order, results):
+            if isinstance(result, Exception):
+                outcomes[i] = result
+                continue
+            try:
+                outcomes[i] = folders[i].finish(result, result.seconds)
+            except RunError as exc:
+                outcomes[i] = exc
+    return outcomes if writer else []
+
+
+class RunFolder:
+    """One run's output folder while it is being made: ``OUT.partial/`` until :meth:`finish` renames it.
+
+    Construction checks the folder (:func:`check_output_folder`: an existing ``OUT``, an unfinished run with
+    other settings, an unwritable place are refused) and prepares the photos (or takes ``prepared``) before
+    anything is written, so a bad photo leaves no folder behind; then it opens ``OUT.partial/``: an
+    unfinished folder of the same run (same fingerprint: configuration, photo, noise, backend, resolution)
+    is resumed, any other one (only with ``resume=False``) is replaced.
+
+    Attributes:
+        prepared: the prepared photos (IMAGE first, then the extra inputs).
+        done: the views generated earlier (resume), float32 (3, H, W) each.
+        total: views the run generates.
+    """
+
+    def __init__(self, pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, *,
+                 noise: NoiseBank | None = None, overwrite: bool = False, resume: bool = True,
+                 prepared: Sequence[PreparedImage] | None = None):
+        image = Path(image)
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.photos = [image] + [Path(p) for p, *_ in cfg.extra_inputs]
+        self.prepared = list(prepared) if prepared is not None else prepare_inputs(image, cfg, pipe.resolution)
+        self.fingerprint = run_fingerprint(image, cfg, noise, pipe.backend, pipe.resolution)
+        check_output_folder(self.out, self.fingerprint, overwrite=overwrite, resume=resume)
+        self.done: list[np.ndarray] = []
+        partial = self.partial
+        if partial.exists():
+            if resume and _partial_fingerprint(partial) == self.fingerprint:
+                v = 0
+                while (partial / "generated" / f"v{v:02d}.npy").is_file():
+                    self.done.append(np.load(partial / "generated" / f"v{v:02d}.npy"))
+                    v += 1
+                log.info("resuming %s: %d views already generated", partial, len(self.done))
+            else:
+                shutil.rmtree(partial)
+        (partial / "generated").mkdir(parents=True, exist_ok=True)
+        (partial / "run.json").write_text(json.dumps({"fingerprint": self.fingerprint, "complete": False}, indent=2))
+
+    @property
+    def total(self) -> int:
+        return self.cfg.generated_views
+
+    def save_view(self, v: int, img: np.ndarray) -> None:
+        """Keep generated view ``v`` as exact float32 ``.npy`` (written atomically) for resuming."""
+        tmp = self.partial / "generated" / f"v{v:02d}.tmp.npy"
+        np.save(tmp, img.astype(np.float32))
+        tmp.replace(self.partial / "generated" / f"v{v:02d}.npy")
+
+    def finish(self, result, seconds: float) -> Path:
+        """Write every output of ``result`` (a :class:`GenerationResult`) and rename the folder to ``OUT``."""
+        partial, cfg = self.partial, self.cfg
+        try:
+            inputs_meta = _write_inputs(partial, self.photos, self.prepared, cfg)
+            _write_outputs(partial, result, cfg.elevation)
+        except MediaError as exc:
+            raise RunError(f"{exc}; the generated views are kept in {partial} - run the same command again "
+                           "to retry the outputs") from exc
+        meta = {"fingerprint": self.fingerprint, **_result_meta(result, seconds),
+                "segmentation": self.prepared[0].method, "inputs": inputs_meta}
+        (partial / "run.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(partial / "generated")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        partial.rename(self.out)
+        return self.out
 
 
 def _write_inputs(folder: Path, photos: list[Path], prepared: list[PreparedImage], cfg: RunConfig) -> list[dict]:
