@@ -120,16 +120,6 @@ def test_a_worker_whose_model_does_not_load_says_so(tiny_checkpoint, photo_dir, 
     assert outcome.status == "failed" and "the model did not load" in outcome.error
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the command gets as far as loading the model."""
-    import vfrt.cli.common as common
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded")
-    monkeypatch.setattr(common, "load_pipeline", refuse)
-
-
 @pytest.mark.parametrize("where, extra, message", [
     ("before", ["--ray"], "--ray took"),                         # `--ray photos/`: the folder read as the address
     ("after", ["--ray", "nowhere"], "'nowhere' is not a Ray address"),
@@ -137,8 +127,7 @@ def no_model_load(monkeypatch):
     ("after", ["--ray", "--ray-workers", "0"], "Invalid value for '--ray-workers'"),
     ("after", ["--ray", "--ray-gpus-per-worker", "-1"], "Invalid value for '--ray-gpus-per-worker'"),
 ])
-def test_bad_ray_options_exit_2_before_anything_starts(photo_dir, run_args, tmp_path, no_model_load, where, extra,
-                                                       message):
+def test_bad_ray_options_exit_2_before_anything_starts(photo_dir, run_args, tmp_path, where, extra, message):
     photos = [str(photo_dir / "p0.png"), str(photo_dir / "p1.png")]
     args = [*extra, *photos] if where == "before" else [*photos, *extra]
     res = CliRunner().invoke(cli, ["run", *args, *run_args, "-o", str(tmp_path / "o")])
@@ -146,7 +135,7 @@ def test_bad_ray_options_exit_2_before_anything_starts(photo_dir, run_args, tmp_
     assert not (tmp_path / "o").exists()
 
 
-def test_without_ray_installed_the_run_asks_for_the_extra(photo_dir, run_args, tmp_path, monkeypatch, no_model_load):
+def test_without_ray_installed_the_run_asks_for_the_extra(photo_dir, run_args, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)        # `import ray` raises ImportError
     res = CliRunner().invoke(cli, ["run", str(photo_dir), *run_args, "-o", str(tmp_path / "o"), "--ray"])
     assert res.exit_code == 1 and "Ray is not installed: pip install 'vfrt[ray]'" in res.output
@@ -154,7 +143,7 @@ def test_without_ray_installed_the_run_asks_for_the_extra(photo_dir, run_args, t
 
 
 def test_a_rerun_skips_finished_photos_without_starting_ray(photo_dir, run_args, sequential_run, tmp_path,
-                                                            monkeypatch, no_model_load):
+                                                            monkeypatch):
     out = tmp_path / "runs"
     shutil.copytree(sequential_run, out)
     monkeypatch.setitem(sys.modules, "ray", None)        # nothing to run: Ray is not even imported

@@ -63,6 +63,8 @@ def run_with_ray(jobs, failures, skipped, options, spec, summary_path: Path, qui
                        f"{options.max_attempts})", err=True)
         elif event.status == "failed":
             click.echo(f"failed: {event.image}: {event.error}", err=True)
+        elif event.status == "skipped":
+            click.echo(f"already done: {event.folder}")
         else:
             click.echo(f"done: {event.folder}" + ("" if quiet else f" (worker {event.worker}, {event.seconds:.1f} s)"))
 

@@ -193,8 +193,8 @@ class PhotoWorker:
             self.pipe = Pipeline.from_checkpoint(spec.checkpoint, spec.model_config, engine=spec.engine,
                                                  trust_checkpoint=spec.trust_checkpoint, use_ema=spec.use_ema)
         except Exception as exc:  # noqa: BLE001 - reported whole to the driver, which stops the run
-            log.exception("worker %d could not load %s", index, spec.checkpoint)
             self.load_error = f"{type(exc).__name__}: {exc}"
+            log.warning("worker %d could not load %s: %s", index, spec.checkpoint, self.load_error)
 
     def describe(self) -> dict:
         """Where this worker runs (JSON-friendly): index, host, pid, device, GPU name, backend, load error."""
@@ -313,6 +313,7 @@ def run_on_ray(jobs: Sequence[PhotoJob], spec: WorkerSpec, options: RayOptions |
     """
     options = options or RayOptions()
     ray = _import_ray()
+    from ray.exceptions import RayActorError
     jobs = list(jobs)
     if not jobs:
         raise ValueError("no photos to run")
@@ -333,19 +334,23 @@ def run_on_ray(jobs: Sequence[PhotoJob], spec: WorkerSpec, options: RayOptions |
                                       max_task_retries=0, runtime_env=runtime_env).remote(spec, i)
                   for i in range(workers)]
         log.info("starting %d Ray workers (%g GPU, %d CPU each)", workers, gpus, cpus)
-        infos = ray.get([a.describe.remote() for a in actors])
+        try:
+            infos = ray.get([a.describe.remote() for a in actors])
+        except RayActorError as exc:       # the process died while starting (not a Python exception)
+            raise ScaleoutError(f"a worker could not start: {str(exc).splitlines()[0]}") from exc
         broken = [i for i in infos if i["load_error"]]
         if broken:
             raise ScaleoutError(f"worker {broken[0]['index']} could not load the model: {broken[0]['load_error']}")
         startup = time.perf_counter() - t0
         outcomes, retried, deaths = _dispatch(ray, actors, jobs, options.max_attempts, on_event)
+        wall = time.perf_counter() - t0
     finally:
         for actor in actors:        # frees their GPUs in a Ray instance that outlives this call
             ray.kill(actor)
         if started_here:
             ray.shutdown()
     return ScaleoutSummary(launcher="ray", workers=infos, outcomes=outcomes, startup_seconds=startup,
-                           wall_seconds=time.perf_counter() - t0, retried=retried, worker_deaths=deaths,
+                           wall_seconds=wall, retried=retried, worker_deaths=deaths,
                            address=options.address, gpus_per_worker=gpus)
 
 
