@@ -114,7 +114,7 @@ def check_extras() -> list[Row]:
         _extra("extra: recon", ("trimesh", "skimage", "scipy"), "pip install 'vfrt[recon]'"),
         _extra("extra: onnx", ("onnx", "onnxruntime"), "pip install 'vfrt[onnx]'"),
         _extra("extra: tensorrt", ("tensorrt", "tensorrt_rtx"), "pip install 'vfrt[tensorrt]'", any_of=True),
-        _extra("extra: ray", ("ray",), "pip install ray"),
+        _extra("extra: ray", ("ray",), "pip install 'vfrt[ray]' (vfrt run --ray)"),
         _extra("extra: serve", ("gradio", "fastapi", "uvicorn"), "pip install 'vfrt[serve]'"),
     ]
 

@@ -35,7 +35,7 @@ def _parse_extra(values) -> tuple:
 
 
 @click.command("run")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-c", "--checkpoint", help="Zero123 .ckpt, .safetensors or diffusers folder [default: $VFRT_CHECKPOINT, "
               "./checkpoints/zero123-xl.ckpt, ~/.cache/vfrt/zero123-xl.ckpt].")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
@@ -90,17 +90,27 @@ def _parse_extra(values) -> tuple:
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Spread the photos over Ray workers, one per GPU, each loading the model once (needs vfrt[ray]): "
+                   "--ray starts Ray on this machine, --ray ADDRESS joins a cluster (auto, HOST:PORT, ray://HOST:PORT). "
+                   "Photos already done are skipped; a summary goes to scaleout.json beside the output folders.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers [default: one per GPU of the cluster (one per CPU without GPUs), at most one per photo].")
+@click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="GPUs each Ray worker reserves [default: 1 on a cluster with GPUs, else 0; 0.5 packs two per GPU].")
 @click.pass_context
 def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
-        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
+        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume, ray_address, ray_workers,
+        ray_gpus_per_worker):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best;
-    others are segmented).
+    others are segmented). A folder in IMAGES stands for the photos in it (sorted by name).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
-    reported and the others still run.
+    reported and the others still run. With --ray, they are spread over Ray workers instead.
     """
     from vfrt.cli.common import load_pipeline, resolve_checkpoint
+    from vfrt.cli.scaleout import ray_options
     from vfrt.engines.config import EngineConfig
     from vfrt.hardware import DeviceError
     from vfrt.models import CheckpointError, peek_config
@@ -109,6 +119,8 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
     from vfrt.runtime.sampler import SamplerConfig
 
     extras = _parse_extra(extra_input)
+    ray = ray_options(ray_address, ray_workers, ray_gpus_per_worker)    # None without --ray
+    images, many = _expand_images(images)
     if extras and mode == "single":
         raise click.UsageError("--extra-input works with the orbit mode only")
     run_mode = "multi" if extras else mode
@@ -140,7 +152,17 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         model_config = peek_config(ckpt, config)
     except CheckpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--config" if config else "--checkpoint") from exc
-    targets = _targets(images, out)
+    targets = _targets(images, out, many)
+    skipped = []
+    if ray is not None:
+        from vfrt.cli.scaleout import skip_finished
+        from vfrt.runtime.scaleout import SUMMARY_NAME
+        summary_path = targets[0][1].parent / SUMMARY_NAME
+        targets, skipped = skip_finished(targets, cfg, noise, resolved.backend, model_config.unet.image_size * 8,
+                                         overwrite)
+        if not targets:
+            click.echo(f"nothing to do: all {len(skipped)} photos are done already (--overwrite redoes them)")
+            return
     jobs, failures = _check_inputs(targets, cfg, noise, resolved.backend, model_config.unet.image_size * 8,
                                    overwrite, not no_resume)
     if not jobs:
@@ -148,6 +170,15 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                                f"all {len(failures)} images failed their checks:\n" +
                                "\n".join(f"  {image}: {why}" for image, why in failures))
     quiet = _quiet(ctx)
+    if ray is not None:
+        from vfrt.cli.scaleout import run_with_ray
+        from vfrt.runtime.scaleout import WorkerSpec
+        spec = WorkerSpec(checkpoint=str(ckpt.resolve()), model_config=model_config if config else None,
+                          engine=engine, run=cfg, trust_checkpoint=trust_checkpoint, use_ema=not no_ema, noise=noise,
+                          overwrite=overwrite, resume=not no_resume)
+        out_of = dict(targets)
+        return run_with_ray(jobs, [(image, out_of[image], why) for image, why in failures], skipped, ray, spec,
+                            summary_path, quiet)
     with _status(f"loading {ckpt}{source} ...", quiet):
         pipe = load_pipeline(ckpt, model_config if config else None, engine, trust_checkpoint, not no_ema, source)
     for image, out_dir, prepared in jobs:
@@ -164,9 +195,30 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                                    f"{', '.join(str(image) for image, _ in failures)}")
 
 
-def _targets(images, out) -> list[tuple[str, Path]]:
-    """(image, output folder) per image: OUT (or runs/<stem>) for one image, OUT/<stem> for several."""
-    if len(images) == 1:
+#: the photos a folder given as IMAGE stands for: its files with these suffixes (any case), sorted by name
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _expand_images(images) -> tuple[list[str], bool]:
+    """IMAGES with each folder replaced by the photos directly in it (hidden files left out), and whether the
+    outputs are one folder per photo under OUT (several photos, or any folder given)."""
+    files, folder_given = [], False
+    for item in images:
+        if not Path(item).is_dir():
+            files.append(item)
+            continue
+        folder_given = True
+        found = sorted(p for p in Path(item).iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise click.UsageError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder {item}")
+        files += [str(p) for p in found]
+    return files, folder_given or len(files) > 1
+
+
+def _targets(images, out, many: bool) -> list[tuple[str, Path]]:
+    """(image, output folder) per image: OUT (or runs/<stem>) for one image, OUT/<stem> for ``many``."""
+    if not many:
         return [(images[0], Path(out) if out else Path("runs") / Path(images[0]).stem)]
     stems = [Path(i).stem for i in images]
     if len(set(stems)) != len(stems):
