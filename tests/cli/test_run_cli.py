@@ -385,3 +385,33 @@ def test_the_run_states_its_workload_and_the_shared_policy_decides(tiny_checkpoi
     cuda = torch.device("cuda")
     assert (compile_pays_off(cuda, views) if choice is None else choice) is compiles
     assert cudnn_attention_pays_off(views) is cudnn
+
+
+def test_batch_gives_the_views_of_one_at_a_time(tiny_checkpoint, photo, tmp_path):
+    """`vfrt run a b c --batch 2`: the same folders as without --batch (PNG rounding aside)."""
+    others = []
+    for i in range(2):
+        p = tmp_path / f"other{i}.png"
+        Image.fromarray(np.asarray(Image.open(photo))[:, ::-1 if i else 1].copy()).save(p)
+        others.append(str(p))
+    photos = [str(photo), *others]
+    common = ["-c", str(tiny_checkpoint.ckpt), "--config", str(tiny_checkpoint.yaml), "--steps", "4", "--views", "4",
+              "--device", "cpu"]
+    one = CliRunner().invoke(cli, ["run", *photos, *common, "-o", str(tmp_path / "one")])
+    many = CliRunner().invoke(cli, ["run", *photos, *common, "-o", str(tmp_path / "many"), "--batch", "2"])
+    assert one.exit_code == 0 and many.exit_code == 0, many.output
+    for stem in ("object", "other0", "other1"):
+        for view in range(4):
+            a = np.asarray(Image.open(tmp_path / "one" / stem / "views" / f"{view:03d}.png"), dtype=np.int16)
+            b = np.asarray(Image.open(tmp_path / "many" / stem / "views" / f"{view:03d}.png"), dtype=np.int16)
+            assert np.abs(a - b).max() <= 1, (stem, view)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch", "2", "--mode", "single", "--azimuth", "20"], "--batch and --gpus make one orbit per photo"),
+    (["--gpus", "64"], "64 GPUs asked for"),
+    (["--batch", "0"], "Invalid value for '--batch'"),
+])
+def test_batch_and_gpus_refuse_what_they_cannot_do(tiny_checkpoint, photo, tmp_path, no_model_load, extra, message):
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o", *extra))
+    assert res.exit_code == 2 and message in res.output, res.output

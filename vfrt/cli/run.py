@@ -94,6 +94,12 @@ def _parse_extra(values) -> tuple:
               help="Spread the photos over Ray workers, one per GPU, each loading the model once (needs vfrt[ray]): "
                    "--ray starts Ray on this machine, --ray ADDRESS joins a cluster (auto, HOST:PORT, ray://HOST:PORT). "
                    "Photos already done are skipped; a summary goes to scaleout.json beside the output folders.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Orbits advancing together on the GPU (orbit mode, several photos): every step runs the rows of "
+                   "all of them in one UNet call; photos join as others finish. Same views, more orbits per hour.")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split every step's rows across this many GPUs of this machine (orbit mode; one process per GPU, "
+                   "NCCL): a single orbit finishes sooner.")
 @click.option("--ray-workers", type=click.IntRange(min=1), default=None,
               help="Ray workers [default: one per GPU of the cluster (one per CPU without GPUs), at most one per photo].")
 @click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None,
@@ -101,8 +107,8 @@ def _parse_extra(values) -> tuple:
 @click.pass_context
 def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
-        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume, ray_address, ray_workers,
-        ray_gpus_per_worker):
+        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume, ray_address, batch, gpus,
+        ray_workers, ray_gpus_per_worker):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best;
     others are segmented). A folder in IMAGES stands for the photos in it (sorted by name).
 
@@ -143,6 +149,13 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         raise click.UsageError(str(exc)) from exc
     if noise_path and len(images) > 1:
         raise click.UsageError("--noise replays one run; give a single image with it")
+    if (batch > 1 or gpus > 1) and (run_mode != "orbit" or ray is not None):
+        raise click.UsageError("--batch and --gpus make one orbit per photo (orbit mode, without --ray)")
+    if gpus > 1:
+        import torch
+        if torch.cuda.device_count() < gpus:
+            raise click.BadParameter(f"{gpus} GPUs asked for, PyTorch sees {torch.cuda.device_count()}",
+                                     param_hint="--gpus")
     try:
         noise = NoiseBank.load(noise_path) if noise_path else None
     except NoiseBankError as exc:
@@ -179,6 +192,9 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         out_of = dict(targets)
         return run_with_ray(jobs, [(image, out_of[image], why) for image, why in failures], skipped, ray, spec,
                             summary_path, quiet)
+    if batch > 1 or gpus > 1:
+        return _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, config, model_config,
+                             trust_checkpoint, not no_ema, overwrite, not no_resume, batch, gpus, quiet)
     with _status(f"loading {ckpt}{source} ...", quiet):
         pipe = load_pipeline(ckpt, model_config if config else None, engine, trust_checkpoint, not no_ema, source)
     for image, out_dir, prepared in jobs:
@@ -190,6 +206,42 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                 raise
             failures.append((image, exc.format_message()))
             click.echo(f"failed: {image}: {exc.format_message()}", err=True)
+    if failures:
+        raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: "
+                                   f"{', '.join(str(image) for image, _ in failures)}")
+
+
+def _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, config, model_config, trust: bool,
+                  use_ema: bool, overwrite: bool, resume: bool, batch: int, gpus: int, quiet: bool) -> None:
+    """--batch / --gpus: the checked photos as batched orbits (one GPU) or with every step split over GPUs."""
+    from vfrt.cli.common import load_pipeline
+    images = [image for image, _, _ in jobs]
+    out_dirs = [out_dir for _, out_dir, _ in jobs]
+    banks = None if noise is None else [noise]
+    total = len(images) * cfg.generated_views
+    done_views: dict[int, int] = {}
+    label = f"{len(images)} photos: orbits, {batch} at a time" + (f", {gpus} GPUs" if gpus > 1 else "")
+    with _ViewProgress(label, quiet) as progress:
+        def on_view(i: int, done: int, _total: int) -> None:
+            done_views[i] = done
+            progress.update(sum(done_views.values()), total)
+        if gpus > 1:
+            from vfrt.runtime.multigpu import CheckpointPipeline, run_multi_gpu
+            make = CheckpointPipeline(str(ckpt), str(config) if config else None, engine, trust, use_ema)
+            outcomes = run_multi_gpu(make, images, cfg, out_dirs, gpus=gpus, batch=batch, noise=banks,
+                                     overwrite=overwrite, resume=resume, on_view=on_view)
+        else:
+            from vfrt.runtime.run import run_many_to_folders
+            with _status(f"loading {ckpt}{source} ...", quiet):
+                pipe = load_pipeline(ckpt, model_config if config else None, engine, trust, use_ema, source)
+            outcomes = run_many_to_folders(pipe, images, cfg, out_dirs, batch=batch, noise=banks, overwrite=overwrite,
+                                           resume=resume, on_view=on_view)
+    for image, outcome in zip(images, outcomes):
+        if isinstance(outcome, Exception):
+            failures.append((image, str(outcome)))
+            click.echo(f"failed: {image}: {outcome}", err=True)
+        else:
+            click.echo(f"done: {outcome}")
     if failures:
         raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: "
                                    f"{', '.join(str(image) for image, _ in failures)}")
