@@ -68,13 +68,17 @@ def _parse_extra(values) -> tuple:
               help="Fast backend: torch.compile the UNet: faster steps for a one-off compile of tens of seconds "
                    f"[default: on when the run generates >= {COMPILE_MIN_VIEWS} views, where it pays off - "
                    "docs/PERF.md].")
+@click.option("--engines", "engines_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Run the engines built in this directory (`vfrt build-engines`); stop if they do not fit "
+                   "[default: matching engines from the cache when there are, else PyTorch].")
+@click.option("--no-engines", is_flag=True, help="Never use built engines: load the checkpoint, run PyTorch.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-resume", is_flag=True, help="Discard an unfinished OUT.partial instead of resuming it.")
 def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
-        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume):
+        segment, elevation, device, backend, dtype, compile_unet, engines_dir, no_engines, out, overwrite, no_resume):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best).
 
     Several images share one loaded model (and its captured CUDA graphs); a failing image is
@@ -98,8 +102,11 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
                         sampler=sampler, segment=segment)
+        if engines_dir and no_engines:
+            raise click.UsageError("--engines and --no-engines exclude each other")
         engine = EngineConfig(backend=backend, device=device, dtype=dtype, compile=compile_unet,
-                              expected_views=len(images) * cfg.generated_views)
+                              expected_views=len(images) * cfg.generated_views,
+                              engines=Path(engines_dir) if engines_dir else "off" if no_engines else "auto")
         engine.resolve()     # a bad device or precision stops here, before any weights load
     except (ValueError, DeviceError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -107,8 +114,11 @@ def run(images, checkpoint, config, trust_checkpoint, no_ema, mode, views, gener
         noise = NoiseBank.load(noise_path) if noise_path else None
     except NoiseBankError as exc:
         raise click.ClickException(str(exc)) from exc
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint) if checkpoint or not engines_dir else None   # engines carry the weights
     pipe = load_pipeline(ckpt, config, engine, trust_checkpoint, not no_ema)
+    built = pipe.engine.describe().get("engines")
+    if built:
+        click.echo(f"engines: {built['dir']} ({built['backend']}, {built['precision']}, built {built['built_at']})")
     if noise is not None and len(images) > 1:
         raise click.UsageError("--noise replays one run; give a single image with it")
     if len(images) == 1:

@@ -23,7 +23,7 @@ import torch
 from vfrt.engines.base import ViewEncoding
 from vfrt.engines.config import EngineConfig, ResolvedEngineConfig
 from vfrt.engines.executors import CompiledExecutor, EagerExecutor, Executor
-from vfrt.engines.specs import NETWORK_NAMES, Networks, build_networks
+from vfrt.engines.specs import NETWORK_NAMES, Networks, SpecMismatchError, build_networks
 from vfrt.engines.step import BoundView, StepGraphCache, combined_noise, step_coefficients
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,13 @@ class FastEngine:
         requested: what was asked (lets :meth:`prepare` re-decide the workload policy); None: fixed.
         networks: the torch modules behind the executors, when built from a model (re-used if the
             policy later swaps the UNet executor).
+        source: the engine directory the executors were loaded from (:func:`vfrt.engines.engine_dir.load_engine`).
     """
 
     name = "fast"
 
     def __init__(self, executors: Mapping[str, Executor], config: ResolvedEngineConfig, *,
-                 requested: EngineConfig | None = None, networks: Networks | None = None):
+                 requested: EngineConfig | None = None, networks: Networks | None = None, source=None):
         missing = [n for n in NETWORK_NAMES if n not in executors]
         if missing:
             raise ValueError(f"the fast engine needs an executor for every network; missing {', '.join(missing)}")
@@ -54,6 +55,7 @@ class FastEngine:
         self.device = config.device
         self.requested = requested
         self.networks = networks
+        self.source = source
         self._executors = {name: executors[name].load() for name in NETWORK_NAMES}
         self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, config.graphs)
         self._emb_tables: dict[tuple, torch.Tensor] = {}
@@ -81,8 +83,11 @@ class FastEngine:
     def describe(self) -> dict:
         """Resolved choices and executor kinds (JSON-friendly), e.g. for run.json and benchmarks."""
         unet = self._executors["unet_step"]
-        return {**self.config.summary(), "executors": {n: e.kind for n, e in self._executors.items()},
-                "unet_compiled": bool(getattr(unet, "compiled", False))}
+        out = {**self.config.summary(), "executors": {n: e.kind for n, e in self._executors.items()},
+               "unet_compiled": bool(getattr(unet, "compiled", False))}
+        if self.source is not None:
+            out["engines"] = self.source.summary()
+        return out
 
     def prepare(self, views_so_far: int) -> None:
         """Re-apply the workload policy now that the process has ``views_so_far`` generated (or planned)
@@ -120,6 +125,7 @@ class FastEngine:
         """Conditioning of one target view on K references (input first): T (K, 4), weights (K,) summing to 1."""
         K = len(refs)
         dev = self.device
+        self._check_rows(K + (float(guidance) != 1.0))
         clip = torch.cat([r.clip.to(dev, torch.float32) for r in refs], 0)
         latent = torch.cat([r.latent.to(dev, torch.float32) for r in refs], 0)
         pose = T.to(dev, torch.float32).reshape(K, 4)
@@ -134,6 +140,17 @@ class FastEngine:
                          weights=weights.to(dev, torch.float32).reshape(K), emb_table=self._emb_table(schedule),
                          coefficients=self._step_coefficients(schedule))
         return FastDenoiser(self, view)
+
+    def _check_rows(self, rows: int) -> None:
+        """Refuse, with what to do, a view that needs more UNet rows than the executors were built for."""
+        limit = self._executors["unet_step"].spec.axis("rows").max
+        if rows > limit:
+            hint = "use fewer views"
+            if self.source is not None:
+                rebuild = self.source.manifest.rebuild_command(self.source.directory, max_refs=rows - 1)
+                hint = f"rebuild them for more references ({rebuild}) or run without them (--no-engines)"
+            raise SpecMismatchError(f"this view needs {rows} UNet rows (K references + the unconditional row), the "
+                                    f"engine's networks take at most {limit}: {hint}")
 
     def _emb_table(self, schedule) -> torch.Tensor:
         key = tuple(int(t) for t in schedule.timesteps)

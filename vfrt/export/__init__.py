@@ -1,4 +1,6 @@
-"""ONNX export specs (one per network) - planned for the TensorRT / ONNX Runtime milestone.
+"""Exporters: the engine networks (:mod:`vfrt.engines.specs`) built into engine directories.
 
-Nothing is exported yet; this package only reserves its place in the layout (see STYLE.md).
+:mod:`vfrt.export.build` orchestrates ``vfrt build-engines`` (weights once, every network, manifest,
+verification, atomic publication); one module per backend does the exporting (:mod:`vfrt.export.aoti`:
+AOTInductor packages). This package sits above :mod:`vfrt.engines`, which never imports it.
 """

@@ -1,0 +1,77 @@
+"""The AOTInductor executor: a network compiled ahead of time into a ``.pt2`` package.
+
+``vfrt build-engines`` (:mod:`vfrt.export.aoti`) traces a network with ``torch.export`` (its
+dynamic axes as symbolic sizes) and compiles it with ``torch._inductor.aoti_compile_and_package``:
+a shared library with the kernels and the weights inside. Loading it takes about a second and
+needs no checkpoint, no tracing and no compiling - the point of building once.
+
+On CUDA the package is loaded with ``run_single_threaded=True``, which is what makes its ``run``
+capturable: the step (:mod:`vfrt.engines.step`) records it in a CUDA graph with the guided update.
+Inputs are handed over contiguous (the package was traced with contiguous inputs and assumes their
+strides); outputs are the package's own tensors, owned by the caller.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+
+from vfrt.engines.executors.base import ExecutorBase
+from vfrt.engines.specs import NetworkSpec
+
+if TYPE_CHECKING:
+    from vfrt.engines.engine_dir import Manifest
+
+#: file name suffix of an AOTInductor package
+SUFFIX = ".pt2"
+
+
+def backend_version() -> str:
+    """AOTInductor packages load only in the torch that built them."""
+    return f"torch {torch.__version__}"
+
+
+class AOTIExecutor(ExecutorBase):
+    """Runs one AOTInductor package; capturable in a CUDA graph on a CUDA device.
+
+    Args:
+        spec: the network's spec (from the engine's manifest).
+        package: the ``.pt2`` file.
+        device: where it runs (a CUDA package runs on the given GPU; a CPU package on the CPU).
+    """
+
+    kind = "aoti"
+
+    def __init__(self, spec: NetworkSpec, package: Path, device: torch.device | str):
+        super().__init__(spec)
+        self.package = Path(package)
+        self.device = torch.device(device)
+        self.capturable = self.device.type == "cuda"
+        self._model = None
+
+    def _load_impl(self) -> None:
+        import torch._inductor
+        index = -1
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self._model = torch._inductor.aoti_load_package(str(self.package), run_single_threaded=self.capturable,
+                                                        device_index=index)
+
+    def _close_impl(self) -> None:
+        self._model = None
+
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._named(self._model(**{name: inputs[name].contiguous() for name in self.spec.input_names}))
+
+
+def load_executors(manifest: "Manifest", directory: Path, device: torch.device) -> dict[str, AOTIExecutor]:
+    """The engine's six executors (not loaded yet), after making sure this process can load the packages
+    (:mod:`vfrt.engines.toolchain`: raises :class:`~vfrt.engines.engine_dir.EngineLoadError` instead of crashing)."""
+    from vfrt.engines.toolchain import LoadabilityCheck, Toolchain
+    directory = Path(directory)
+    smallest = min(manifest.networks, key=lambda n: n.size)
+    toolchain = Toolchain.from_dict(manifest.toolchain) if manifest.toolchain else None
+    LoadabilityCheck().ensure(toolchain, directory / smallest.file, manifest.rebuild_command(directory))
+    specs = manifest.specs()
+    return {n.name: AOTIExecutor(specs[n.name], directory / n.file, device) for n in manifest.networks}
