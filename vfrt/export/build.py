@@ -15,6 +15,7 @@ Backends plug in through :data:`EXPORTERS` (one function and one line each), mir
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -182,7 +183,7 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
         from vfrt.models import load_zero123
         model = load_zero123(checkpoint, config=config, trust_checkpoint=trust_checkpoint, use_ema=build.use_ema,
                              device="cpu")
-        model_config = dataclasses.asdict(model.config)
+        model_config = json.loads(json.dumps(dataclasses.asdict(model.config)))      # as the manifest reads back
         from vfrt.engines.specs import build_networks
         from vfrt.export.aoti import ATTENTION
         dtype = TORCH_DTYPES[precision]

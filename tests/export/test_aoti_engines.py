@@ -1,0 +1,158 @@
+"""AOTInductor engines end to end on the CPU: `vfrt build-engines --device cpu` once (tests/export/
+conftest.py), then every network against its PyTorch module, `vfrt run` with them against the
+reference backend, the cache lookup of `vfrt run -c`, and the CLI's answers to damaged engines."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vfrt.cli.main import cli
+from vfrt.engines.config import EngineConfig
+from vfrt.engines.engine_dir import load_engine, read_manifest
+from vfrt.engines.fingerprint import sha256_file
+from vfrt.engines.specs import NETWORK_NAMES, build_networks
+
+#: fp32 engine vs fp32 PyTorch: only kernels and summation order differ (per network, relative to the output range)
+NETWORK_TOLERANCE = 1e-4
+#: generated views vs the fp32 reference backend, same noise (as the torch fast engine's test: tests/runtime)
+VIEW_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    img = np.zeros((80, 80, 4), np.uint8)
+    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
+    img[15:65, 20:60, 3] = 255
+    path = tmp_path_factory.mktemp("img") / "object.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _run(weights, photo, out, *extra):
+    """`vfrt run` of a short orbit; ``weights``: a tiny checkpoint passed with -c/--config, or None."""
+    args = ["run", str(photo), "--steps", "4", "--views", "8", "--device", "cpu", "-o", str(out), *extra]
+    if weights is not None:
+        args += ["-c", str(weights.ckpt), "--config", str(weights.yaml)]
+    return CliRunner().invoke(cli, args)
+
+
+def test_the_build_wrote_a_verified_manifest(aoti_engines, tiny_checkpoint):
+    m = read_manifest(aoti_engines.directory)
+    assert aoti_engines.directory.parent == aoti_engines.cache / "engines"
+    assert m.backend == "aoti" and m.backend_version == f"torch {torch.__version__}" and m.precision == "float32"
+    assert m.platform.device == "cpu" and m.checkpoint.fingerprint == sha256_file(tiny_checkpoint.ckpt)
+    assert [n.file for n in m.networks] == [f"{n}.pt2" for n in NETWORK_NAMES]
+    assert all(n.max_error is not None and n.max_error <= NETWORK_TOLERANCE for n in m.networks), \
+        {n.name: n.max_error for n in m.networks}
+    assert m.toolchain["cxx"] and m.toolchain["version"] and "libstdcxx" in m.toolchain
+    assert m.network("unet_step").axes == (("rows", (1, 13, 26)),)
+    assert "verified: max relative error" in aoti_engines.output
+
+
+def test_every_network_agrees_with_pytorch_on_fresh_inputs(aoti_engines, tiny_model):
+    engine = load_engine(aoti_engines.directory)
+    nets = build_networks(tiny_model, "cpu", torch.float32, torch.float32, channels_last=False)
+    gen = torch.Generator().manual_seed(7)
+    for name in NETWORK_NAMES:
+        ex = engine.executor(name)
+        assert ex.kind == "aoti"
+        for _ in range(2):
+            sizes = {axis: int(torch.randint(r.min, r.max + 1, (1,), generator=gen)) for axis, r in ex.spec.axes}
+            inputs = ex.spec.sample_inputs(sizes, generator=gen)
+            got, want = ex.run(inputs), dict(zip(ex.spec.output_names, _tuple(nets.module(name)(**inputs))))
+            for out in ex.spec.output_names:
+                scale = want[out].abs().max().item()
+                assert (got[out] - want[out]).abs().max().item() <= NETWORK_TOLERANCE * scale, (name, sizes, out)
+
+
+def _tuple(x):
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def test_views_from_the_engines_equal_the_reference_backend(aoti_engines, tiny_model, photo, tmp_path):
+    """`vfrt run --engines` (no checkpoint needed), then the fp32 reference replaying its noise."""
+    res = _run(None, photo, tmp_path / "eng", "--engines", str(aoti_engines.directory))
+    assert res.exit_code == 0, res.output
+    assert f"engines: {aoti_engines.directory} (aoti, float32" in res.output
+    meta = json.loads((tmp_path / "eng" / "run.json").read_text())
+    assert meta["engine"]["engines"]["dir"] == str(aoti_engines.directory)
+    assert set(meta["engine"]["executors"].values()) == {"aoti"}
+
+    from vfrt.runtime.noise import NoiseBank
+    from vfrt.runtime.pipeline import Pipeline
+    from vfrt.runtime.preprocess import load_image
+    from vfrt.runtime.sampler import SamplerConfig
+    image = load_image(tmp_path / "eng" / "input.png", preprocess=False)
+    noise = NoiseBank.load(tmp_path / "eng" / "noise.npz")
+    sampler = SamplerConfig(steps=4)
+    eng = Pipeline.from_engines(aoti_engines.directory).orbit(image, views=8, sampler=sampler, noise=noise,
+                                                               preprocess=False)
+    ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
+        image, views=8, sampler=sampler, noise=noise, preprocess=False)
+    assert np.abs(eng.images - ref.images).max() <= VIEW_TOLERANCE
+    from vfrt.runtime.preprocess import to_uint8
+    for i, view in enumerate(eng.orbit_images()):     # and the run's views are these (same engines, same noise)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "eng" / "views" / f"{i:03d}.png")), to_uint8(view))
+
+
+def test_vfrt_run_finds_the_engines_of_its_checkpoint(aoti_engines, tiny_checkpoint, photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFRT_CACHE_DIR", str(aoti_engines.cache))
+    res = _run(tiny_checkpoint, photo, tmp_path / "auto")
+    assert res.exit_code == 0, res.output
+    assert f"engines: {aoti_engines.directory}" in res.output
+    res = _run(tiny_checkpoint, photo, tmp_path / "torch", "--no-engines")
+    assert res.exit_code == 0 and "engines:" not in res.output
+    assert "engines" not in json.loads((tmp_path / "torch" / "run.json").read_text())["engine"]
+    res = _run(tiny_checkpoint, photo, tmp_path / "x", "--no-engines", "--engines", str(aoti_engines.directory))
+    assert res.exit_code == 2 and "exclude each other" in res.output
+    res = CliRunner().invoke(cli, ["build-engines", "-c", str(tiny_checkpoint.ckpt), "--config",
+                                   str(tiny_checkpoint.yaml), "--device", "cpu"])
+    assert res.exit_code == 0 and f"up to date: {aoti_engines.directory}" in res.output
+
+
+def test_engines_that_do_not_fit_are_reported_and_the_run_falls_back(aoti_engines, tiny_checkpoint, photo, tmp_path,
+                                                                      monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    stale = cache / "engines" / aoti_engines.directory.name
+    shutil.copytree(aoti_engines.directory, stale)
+    data = json.loads((stale / "manifest.json").read_text())
+    data["platform"]["torch"] = "2.0.0"
+    (stale / "manifest.json").write_text(json.dumps(data))
+    monkeypatch.setenv("VFRT_CACHE_DIR", str(cache))
+    with caplog.at_level("WARNING"):
+        res = _run(tiny_checkpoint, photo, tmp_path / "fallback")
+    assert res.exit_code == 0, res.output
+    notes = [r.getMessage() for r in caplog.records if "not using the built engines" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0] and "built with torch 2.0.0" in notes[0]
+    assert f"rebuild with: vfrt build-engines -c {tiny_checkpoint.ckpt}" in notes[0]
+    assert "engines" not in json.loads((tmp_path / "fallback" / "run.json").read_text())["engine"]
+    # named explicitly, the same engines stop the run with the same reason
+    res = _run(tiny_checkpoint, photo, tmp_path / "explicit", "--engines", str(stale))
+    assert res.exit_code == 1 and "built with torch 2.0.0" in res.output and "Traceback" not in res.output
+
+
+def test_damaged_engines_named_explicitly_stop_the_run_with_the_rebuild(aoti_engines, tiny_checkpoint, photo,
+                                                                        tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(aoti_engines.directory, damaged)
+    with open(damaged / "unet_step.pt2", "r+b") as f:
+        f.truncate(1000)
+    res = _run(None, photo, tmp_path / "a", "--engines", str(damaged))
+    assert res.exit_code == 1 and "unet_step.pt2 has 1000 bytes" in res.output and "Traceback" not in res.output
+    assert f"rebuild with: vfrt build-engines -c {tiny_checkpoint.ckpt}" in res.output and f"--out {damaged}" in \
+        res.output
+    (damaged / "manifest.json").write_text("{}")
+    res = _run(None, photo, tmp_path / "b", "--engines", str(damaged))
+    assert res.exit_code == 1 and "manifest.json is corrupt" in res.output and not (tmp_path / "b").exists()
+
+
+def test_explicit_engines_of_other_weights_are_refused(aoti_engines, photo, tmp_path):
+    from vfrt.models import write_tiny_checkpoint
+    other = write_tiny_checkpoint(tmp_path / "other", seed=3)
+    res = _run(other, photo, tmp_path / "o", "--engines", str(aoti_engines.directory))
+    assert res.exit_code == 1 and "built from other weights" in res.output
