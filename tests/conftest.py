@@ -56,6 +56,20 @@ def tiny_model(tiny_checkpoint):
     return load_zero123(tiny_checkpoint.ckpt, config=tiny_checkpoint.yaml)
 
 
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory):
+    """An 80x80 RGBA photo: random colours, an opaque 50x40 object on a transparent background."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    img = np.zeros((80, 80, 4), np.uint8)
+    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
+    img[15:65, 20:60, 3] = 255
+    path = tmp_path_factory.mktemp("img") / "object.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory):
     """vfrt's cache (built engines, fingerprints) in a temporary folder: a user's real cache never

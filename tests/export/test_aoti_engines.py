@@ -5,7 +5,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -20,17 +19,6 @@ from vfrt.engines.specs import NETWORK_NAMES, build_networks
 NETWORK_TOLERANCE = 1e-4
 #: generated views vs the fp32 reference backend, same noise (as the torch fast engine's test: tests/runtime)
 VIEW_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    img = np.zeros((80, 80, 4), np.uint8)
-    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
-    img[15:65, 20:60, 3] = 255
-    path = tmp_path_factory.mktemp("img") / "object.png"
-    Image.fromarray(img).save(path)
-    return path
 
 
 def _run(weights, photo, out, *extra):
@@ -156,3 +144,26 @@ def test_explicit_engines_of_other_weights_are_refused(aoti_engines, photo, tmp_
     other = write_tiny_checkpoint(tmp_path / "other", seed=3)
     res = _run(other, photo, tmp_path / "o", "--engines", str(aoti_engines.directory))
     assert res.exit_code == 1 and "built from other weights" in res.output
+
+
+def test_doctor_lists_the_engines_and_whether_they_run_here(aoti_engines, tiny_checkpoint, tmp_path, monkeypatch):
+    from vfrt.cli.doctor import check_engines
+    monkeypatch.setenv("VFRT_CHECKPOINT", str(tiny_checkpoint.ckpt))
+    monkeypatch.setenv("VFRT_CACHE_DIR", str(tmp_path / "empty"))
+    rows = {r.name: r for r in check_engines()}
+    assert rows["engines"].status == "missing" and "vfrt build-engines -c CKPT" in rows["engines"].detail
+    assert rows["engines for checkpoint"].status == "missing" and rows["backend: aoti"].status in ("ok", "warning")
+    cache = tmp_path / "cache"
+    shutil.copytree(aoti_engines.directory, cache / "engines" / "good")
+    shutil.copytree(aoti_engines.directory, cache / "engines" / "truncated")
+    with open(cache / "engines" / "truncated" / "vae_decoder.pt2", "r+b") as f:
+        f.truncate(5)
+    shutil.copytree(aoti_engines.directory, cache / "engines" / "corrupt")
+    (cache / "engines" / "corrupt" / "manifest.json").write_text("[")
+    monkeypatch.setenv("VFRT_CACHE_DIR", str(cache))
+    rows = {r.name: r for r in check_engines()}
+    assert rows["engines: good"].status == "ok" and str(tiny_checkpoint.ckpt) in rows["engines: good"].detail
+    assert rows["engines: truncated"].status == "warning" and "vae_decoder.pt2 has 5 bytes" in \
+        rows["engines: truncated"].detail
+    assert rows["engines: corrupt"].status == "error"
+    assert rows["engines for checkpoint"].status == "ok"

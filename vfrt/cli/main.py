@@ -24,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "make-test-checkpoint": ("vfrt.cli.tiny", "make_test_checkpoint", "Write a seeded tiny random checkpoint in the original formats."),
     "recon": ("vfrt.cli.recon", "recon", "Reconstruct a coloured mesh with NeuS from generated views."),
     "eval-mesh": ("vfrt.cli.recon", "eval_mesh", "Chamfer distance and F-score of a mesh against a reference mesh."),
-    "doctor": ("vfrt.cli.doctor", "doctor", "What this installation can do: versions, GPU, extras, segmentation, weights."),
+    "doctor": ("vfrt.cli.doctor", "doctor", "What this installation can do: versions, GPU, extras, segmentation, weights, built engines."),
 }
 
 

@@ -6,8 +6,9 @@
 :class:`vfrt.engines.executors.aoti.AOTIExecutor` loads.
 
 The traced modules use the plain kernels (no Triton custom ops: those would need Python at run
-time, and the packages must also serve the C++ runtime) and attention that never picks cuDNN's
-SDPA, which plans every new row count once - an orbit meets 25 of them.
+time, and the packages must also serve the C++ runtime). Tracing and compiling run with cuDNN's
+SDPA disabled, so the attention kernel baked into the package is flash / memory-efficient
+attention: cuDNN's plans every new row count once, and an orbit meets 25 of them.
 
 Before anything is compiled, :func:`prepare` makes sure this process can load what the compiler
 will produce (:mod:`vfrt.engines.toolchain`): when the compiler's libstdc++ is not the one this
@@ -20,21 +21,22 @@ import json
 import logging
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vfrt.engines.executors.aoti import SUFFIX
+from vfrt.engines.executors.aoti import SUFFIX  # noqa: F401 - the exporter's artifact suffix (build.py reads it here)
 from vfrt.engines.fingerprint import cache_dir
 from vfrt.engines.specs import AxisRange, NetworkSpec
 from vfrt.engines.toolchain import LoadabilityCheck, Toolchain, describe_compiler, loaded_libstdcxx
 
 log = logging.getLogger(__name__)
 
-#: the attention the traced UNet uses (see the module docstring)
-ATTENTION = "flash"
+#: the UNet's attention option when traced: plain SDPA (its kernel is chosen while tracing, without cuDNN)
+ATTENTION = "auto"
 
 
 def inductor_compiler() -> str:
@@ -108,6 +110,7 @@ def export_network(spec: NetworkSpec, module: nn.Module, path: Path, device: tor
     Returns the spec the package was built for (the given one; an axis whose minimum cannot be traced
     symbolically is narrowed, with a warning).
     """
+    import torch._dynamo
     generator = torch.Generator().manual_seed(0)
     inputs = spec.sample_inputs(_example_sizes(spec), device=device, generator=generator)
     axes = dict(spec.axes)
@@ -120,9 +123,20 @@ def export_network(spec: NetworkSpec, module: nn.Module, path: Path, device: tor
         axes = narrowed
         program = _trace(spec, module, inputs, axes)
         spec = NetworkSpec(spec.name, spec.inputs, spec.outputs, tuple(axes.items()))
-    with torch.no_grad():
+    with torch.no_grad(), _without_cudnn_attention():
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     return spec
+
+
+@contextmanager
+def _without_cudnn_attention():
+    """Keep SDPA from choosing cuDNN while a package is traced and compiled (the choice is baked in)."""
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def _trace(spec: NetworkSpec, module: nn.Module, inputs: dict, axes: dict[str, AxisRange]):
@@ -130,5 +144,5 @@ def _trace(spec: NetworkSpec, module: nn.Module, inputs: dict, axes: dict[str, A
     dims = {name: Dim(name, min=rng.min, max=rng.max) for name, rng in axes.items() if rng.max > rng.min}
     dynamic = {t.name: {i: dims[a] for i, a in spec.dynamic_dims(t).items() if a in dims} or None
                for t in spec.inputs}
-    with torch.no_grad():
+    with torch.no_grad(), _without_cudnn_attention():
         return torch.export.export(module, (), kwargs=inputs, dynamic_shapes=dynamic, strict=True)
