@@ -193,6 +193,16 @@ def test_auto_falls_back_with_one_note_when_found_engines_do_not_fit(built, tiny
         in chosen.note and chosen.note.endswith("running the PyTorch path")
 
 
+def test_auto_skips_engines_for_another_device_kind_quietly(built, tiny_checkpoint, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    shutil.copytree(built.directory, root / "engines" / "gpu")
+    _edit_manifest(root / "engines" / "gpu", lambda m: m["platform"].update(device="cuda", gpu_name="NVIDIA H200",
+                                                                            compute_capability="9.0"))
+    monkeypatch.setenv("VFRT_CACHE_DIR", str(root))
+    chosen = select_engines(tiny_checkpoint.ckpt, EngineConfig(device="cpu"), config=tiny_checkpoint.yaml)
+    assert chosen.engine is None and chosen.note is None        # built for another kind of run, not a mismatch
+
+
 def test_explicit_engines_must_fit_the_given_weights(built, tiny_checkpoint, tmp_path):
     from vfrt.models import write_tiny_checkpoint
     other = write_tiny_checkpoint(tmp_path / "other", seed=1)

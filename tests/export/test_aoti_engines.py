@@ -167,3 +167,23 @@ def test_doctor_lists_the_engines_and_whether_they_run_here(aoti_engines, tiny_c
         rows["engines: truncated"].detail
     assert rows["engines: corrupt"].status == "error"
     assert rows["engines for checkpoint"].status == "ok"
+
+
+def test_the_load_probe_and_the_toolchain_check_run_for_real(aoti_engines, tmp_path):
+    """What runs where the compiler's libstdc++ differs from the process's: a tiny package compiled once,
+    loaded in a child (here it loads: a pretended mismatch, the real probe)."""
+    import os
+
+    from vfrt.engines.fingerprint import JsonStore
+    from vfrt.engines.toolchain import LoadabilityCheck, probe_load
+    from vfrt.export.aoti import check_toolchain
+    assert probe_load(aoti_engines.directory / "time_embedding.pt2", os.environ).ok
+    calls = []
+
+    def probe(package, env):
+        calls.append(package)
+        return probe_load(package, env)
+    check = LoadabilityCheck(probe=probe, verdicts=JsonStore(tmp_path / "verdicts.json"), loaded="/elsewhere/libstdc++.so.6")
+    report = check_toolchain(check)
+    assert report.ok and report.loaded == "/elsewhere/libstdc++.so.6" and len(calls) == 1
+    assert calls[0].name == "probe.pt2" and calls[0].is_file()

@@ -15,6 +15,7 @@ import torch
 
 from vfrt.engines.config import EngineConfig
 from vfrt.engines.engine_dir import check_engine_dir, read_manifest
+from vfrt.engines.executors import ExecutorBase
 from vfrt.export import build
 from vfrt.export.build import BuildConfig, BuildError, build_engines
 
@@ -118,15 +119,25 @@ def test_a_failing_export_or_verification_publishes_nothing(tmp_path, tiny_check
     assert not out.exists() and not list(tmp_path.glob(".engines.tmp-*"))
 
     monkeypatch.setitem(build.EXPORTERS, "fake", lambda: exporter)
-    monkeypatch.setattr(fake_backend.vae_decoder, "scale_factor", fake_backend.vae_decoder.scale_factor * 2)
     loader = build.backend_loader("fake")
 
-    def off_by_a_bit(manifest, directory, device):   # a backend whose decoder is wrong
+    class OffByABit(ExecutorBase):
+        """A decoder that is wrong by 1 % of its output range."""
+
+        def __init__(self, inner):
+            super().__init__(inner.spec)
+            self.inner = inner
+
+        def _load_impl(self):
+            self.inner.load()
+
+        def _run_impl(self, inputs):
+            return {"image": self.inner.run(inputs)["image"] + 0.01}
+
+    def load(manifest, directory, device):
         executors = loader.load(manifest, directory, device)
-        inner = executors["vae_decoder"]._run_impl
-        executors["vae_decoder"]._run_impl = lambda inputs: {"image": inner(inputs)["image"] + 0.01}
-        return executors
-    monkeypatch.setattr(build, "backend_loader", lambda name: build.BackendLoader(loader.version, off_by_a_bit))
+        return {**executors, "vae_decoder": OffByABit(executors["vae_decoder"])}
+    monkeypatch.setattr(build, "backend_loader", lambda name: build.BackendLoader(loader.version, load))
     with pytest.raises(BuildError, match=r"vae_decoder differs by .* of its output range \(tolerance 1e-04\)"):
         build_engines(tiny_checkpoint.ckpt, _fake(), config=tiny_checkpoint.yaml, out=out)
     assert not out.exists() and not list(tmp_path.glob(".engines.tmp-*"))

@@ -113,8 +113,9 @@ def select_engines(checkpoint: Path | None, requested: EngineConfig, *, use_ema:
     * a path: that directory, after every check (and, with a checkpoint, that it was built from those
       weights with that EMA choice and config); raises the typed
       :class:`~vfrt.engines.engine_dir.EngineError` otherwise.
-    * "auto": a matching directory of the cache that fits this machine and the requested options;
-      when only unfitting ones exist, none, with a ``note`` naming the first reason and the rebuild.
+    * "auto": a directory of the cache built from these weights for this run's device kind that fits
+      this machine and the requested options; when only unfitting ones exist, none, with a ``note``
+      naming the first reason and the rebuild.
     """
     digests = digests or DigestIndex()
     if requested.engines == "off" or requested.backend == "reference":
@@ -138,13 +139,16 @@ def select_engines(checkpoint: Path | None, requested: EngineConfig, *, use_ema:
                   if (m.checkpoint.size, m.checkpoint.use_ema, m.checkpoint.config_sha256) == (size, use_ema, cfg)]
     if not candidates:
         return EngineSelection()
+    device = resolve_device(requested.device)
+    candidates = [(d, m) for d, m in candidates if m.platform.device == device.type]    # engines for this run's device
+    if not candidates:
+        return EngineSelection()
     fingerprint = digests.digest(checkpoint)
     candidates = [(d, m) for d, m in candidates if m.checkpoint.fingerprint == fingerprint]
-    device = resolve_device(requested.device)
     default = "float16" if device.type == "cuda" else "float32"
     here = dataclasses.replace(requested, device=str(device))
-    candidates.sort(key=lambda dm: dm[1].built_at, reverse=True)          # newest first, then the default kind
-    candidates.sort(key=lambda dm: (dm[1].platform.device != device.type, dm[1].precision != default))
+    candidates.sort(key=lambda dm: dm[1].built_at, reverse=True)          # newest first, then the default precision
+    candidates.sort(key=lambda dm: dm[1].precision != default)
     reasons = []
     for directory, _ in candidates:
         try:

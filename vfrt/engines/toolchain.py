@@ -40,8 +40,8 @@ SYSTEM_LIBSTDCXX = ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libs
                     "/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6")
 PROBE_TIMEOUT_S = 300
 #: loads an AOTInductor package and exits 0 (run in a child: argv = package, device index)
-AOTI_PROBE = ("import sys, torch; torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2])); "
-              "print('loaded')")
+AOTI_PROBE = ("import sys, torch, torch._inductor; "
+              "torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2])); print('loaded')")
 
 
 @dataclass(frozen=True)

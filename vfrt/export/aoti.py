@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch._inductor
 from torch import nn
 
 from vfrt.engines.executors.aoti import SUFFIX  # noqa: F401 - the exporter's artifact suffix (build.py reads it here)

@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 BackendName = Literal["aoti"]
 #: networks in build order: the cheap ones first, so a broken toolchain shows before the long UNet compile
 BUILD_ORDER = ("time_embedding", "conditioning", "clip_image", "vae_encoder", "vae_decoder", "unet_step")
-#: largest ``max|engine - eager| / max|eager|`` the verification accepts, per precision (both sides compute
-#: in that precision; only kernel choice and summation order differ)
-TOLERANCE: dict[str, float] = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 4e-2}
+#: largest ``max|engine - eager| / max|eager|`` the verification accepts, per precision. Both sides compute
+#: in that precision and differ only in kernel choice and summation order; a wrong graph (a weight, a
+#: layout, an op) is off by O(1), far above these.
+TOLERANCE: dict[str, float] = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
 
 
 class BuildError(RuntimeError):

@@ -8,7 +8,8 @@ needs no checkpoint, no tracing and no compiling - the point of building once.
 On CUDA the package is loaded with ``run_single_threaded=True``, which is what makes its ``run``
 capturable: the step (:mod:`vfrt.engines.step`) records it in a CUDA graph with the guided update.
 Inputs are handed over contiguous (the package was traced with contiguous inputs and assumes their
-strides); outputs are the package's own tensors, owned by the caller.
+strides) and outputs are returned contiguous, so one package's output (e.g. the conditioning's h0,
+kept in the step's static buffers) feeds the next without a copy; the caller owns them.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class AOTIExecutor(ExecutorBase):
         self._model = None
 
     def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._named(self._model(**{name: inputs[name].contiguous() for name in self.spec.input_names}))
+        outputs = self._named(self._model(**{name: inputs[name].contiguous() for name in self.spec.input_names}))
+        return {name: value.contiguous() for name, value in outputs.items()}   # what the next package expects
 
 
 def load_executors(manifest: "Manifest", directory: Path, device: torch.device) -> dict[str, AOTIExecutor]:
