@@ -126,6 +126,9 @@ def test_engines_of_another_machine_or_software_are_refused_listing_every_mismat
     _edit_manifest(copy, lambda m: m["platform"].update(device="cuda", gpu_name="NVIDIA H200", compute_capability="9.0"))
     with pytest.raises(EngineMismatchError, match="built for cuda, this run is on cpu"):
         load_engine(copy, EngineConfig(device="cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineMismatchError, match="PyTorch sees no CUDA GPU"):
+            load_engine(copy)                      # the device follows the engines: CUDA, absent here
 
 
 def test_requested_options_the_engines_cannot_honour(built):
@@ -231,6 +234,8 @@ def test_from_engines_without_built_engines_says_how_to_build_them(tmp_path):
     ckpt.write_bytes(b"0" * 100)
     with pytest.raises(engine_dir.EngineError, match=f"no built engines for {ckpt}.*vfrt build-engines -c {ckpt}"):
         Pipeline.from_engines(ckpt)
+    with pytest.raises(CorruptEngineError, match="has no readable manifest.json"):
+        Pipeline.from_engines(tmp_path)           # a folder that is neither engines nor diffusers weights
 
 
 # ------------------------------------------------------------------------------------------ fingerprints

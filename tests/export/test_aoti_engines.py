@@ -187,3 +187,28 @@ def test_the_load_probe_and_the_toolchain_check_run_for_real(aoti_engines, tmp_p
     report = check_toolchain(check)
     assert report.ok and report.loaded == "/elsewhere/libstdc++.so.6" and len(calls) == 1
     assert calls[0].name == "probe.pt2" and calls[0].is_file()
+
+
+def test_loading_engines_does_not_import_inductor_and_both_loaders_agree(aoti_engines):
+    """The direct package loader (start-up path) gives what torch's documented loader gives, and a run
+    that loads engines never imports Inductor / TorchDynamo (a second of start-up)."""
+    import os
+    import subprocess
+    import sys
+
+    from vfrt.engines.executors.aoti import load_package
+    path = aoti_engines.directory / "conditioning.pt2"
+    spec = read_manifest(aoti_engines.directory).network("conditioning").spec()
+    inputs = spec.sample_inputs(generator=torch.Generator().manual_seed(4))
+    direct = load_package(path, spec.input_names, run_single_threaded=False, device_index=-1)
+    names = spec.input_names[::-1]          # not the traced order: torch's loader, by keyword
+    fallback = load_package(path, names, run_single_threaded=False, device_index=-1)
+    for a, b in zip(direct([inputs[n] for n in spec.input_names]), fallback([inputs[n] for n in names])):
+        assert torch.equal(a, b)
+    code = ("import sys; from vfrt.engines.engine_dir import load_engine; load_engine(sys.argv[1]); "
+            "print(sorted(m for m in ('torch._inductor', 'torch._dynamo') if m in sys.modules))")
+    from pathlib import Path
+    env = {**os.environ, "VFRT_CACHE_DIR": str(aoti_engines.cache), "PYTHONPATH": str(Path(__file__).parents[2])}
+    out = subprocess.run([sys.executable, "-c", code, str(aoti_engines.directory)], capture_output=True, text=True,
+                         env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -436,9 +436,14 @@ def check_engine_dir(directory: Path, requested: EngineConfig | None = None,
     requested = requested or EngineConfig()
     rebuild = manifest.rebuild_command(directory)
     problems = requested_conflicts(manifest, requested)
+    config = None
     if not problems:
-        config = engine_config(manifest, requested)
-        problems = compatibility_problems(manifest, config.device)
+        try:
+            config = engine_config(manifest, requested)
+        except ValueError as exc:          # DeviceError / EngineConfigError: e.g. CUDA engines, no GPU here
+            problems = [str(exc)]
+        else:
+            problems = compatibility_problems(manifest, config.device)
     if problems:
         raise EngineMismatchError(directory, problems, rebuild)
     check_artifacts(manifest, directory, digests)

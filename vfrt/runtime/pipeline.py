@@ -171,10 +171,11 @@ class Pipeline:
         from pathlib import Path
 
         from vfrt.engines.engine_cache import select_engines
-        from vfrt.engines.engine_dir import MANIFEST_NAME, EngineError
+        from vfrt.engines.engine_dir import EngineError
+        from vfrt.models.diffusers_format import is_diffusers_folder
         requested = engine if engine is not None else EngineConfig()
         source = Path(source).expanduser()
-        if (source / MANIFEST_NAME).is_file():
+        if source.is_dir() and not is_diffusers_folder(source):      # an engine directory (checked on load)
             chosen = select_engines(None, dataclasses.replace(requested, engines=source))
         else:
             chosen = select_engines(source, dataclasses.replace(requested, engines="auto"), use_ema=use_ema,

@@ -14,7 +14,7 @@ kept in the step's static buffers) feeds the next without a copy; the caller own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 
@@ -49,22 +49,49 @@ class AOTIExecutor(ExecutorBase):
         self.package = Path(package)
         self.device = torch.device(device)
         self.capturable = self.device.type == "cuda"
-        self._model = None
+        self._run = None
 
     def _load_impl(self) -> None:
-        import torch._inductor
         index = -1
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        self._model = torch._inductor.aoti_load_package(str(self.package), run_single_threaded=self.capturable,
-                                                        device_index=index)
+        self._run = load_package(self.package, self.spec.input_names, run_single_threaded=self.capturable,
+                                 device_index=index)
 
     def _close_impl(self) -> None:
-        self._model = None
+        self._run = None
 
     def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self._named(self._model(**{name: inputs[name].contiguous() for name in self.spec.input_names}))
-        return {name: value.contiguous() for name, value in outputs.items()}   # what the next package expects
+        outputs = self._run([inputs[name].contiguous() for name in self.spec.input_names])
+        return {name: value.contiguous() for name, value in zip(self.spec.output_names, outputs)}
+
+
+def load_package(path: Path, input_names: Sequence[str], *, run_single_threaded: bool,
+                 device_index: int) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """Load an AOTInductor package; returns ``run(inputs in spec order) -> outputs in spec order``.
+
+    ``torch._inductor.aoti_load_package`` imports all of Inductor and TorchDynamo first, about a second
+    of a run's start-up (docs/PERF.md) that loading does not need. The package loader it wraps is
+    called directly when the package's call signature is the one the exporter traced (the spec's
+    inputs as keyword arguments, in order); the documented function is the fallback otherwise.
+    """
+    try:
+        import torch.utils._pytree as pytree
+        from torch._C._aoti import AOTIModelPackageLoader
+        loader = AOTIModelPackageLoader(str(path), "model", run_single_threaded, 1, device_index)
+        _, traced = pytree.tree_flatten(((), {name: 0 for name in input_names}))
+        if pytree.treespec_loads(loader.get_call_spec()[0]) == traced:
+            return lambda tensors: list(loader.boxed_run(list(tensors)))
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        pass
+    import torch._inductor
+    model = torch._inductor.aoti_load_package(str(path), run_single_threaded=run_single_threaded,
+                                              device_index=device_index)
+
+    def run(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = model(**dict(zip(input_names, tensors)))
+        return [out] if isinstance(out, torch.Tensor) else list(out)
+    return run
 
 
 def load_executors(manifest: "Manifest", directory: Path, device: torch.device) -> dict[str, AOTIExecutor]:
