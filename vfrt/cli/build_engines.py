@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from vfrt.export.build import EXPORTERS
+
 #: --precision spelling -> the engine precision
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -12,7 +14,7 @@ PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="The checkpoint's ldm YAML (default: Zero123 full size).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a checkpoint you trust.")
 @click.option("--no-ema", is_flag=True, help="Build from the raw UNet weights instead of the EMA weights.")
-@click.option("--backend", type=click.Choice(["aoti"]), default="aoti", show_default=True,
+@click.option("--backend", type=click.Choice(sorted(EXPORTERS)), default="aoti", show_default=True,
               help="aoti: AOTInductor packages (torch.export + Inductor, loaded without Python tracing).")
 @click.option("--precision", type=click.Choice(sorted(PRECISIONS)), default=None,
               help="Compute precision [default: fp16 on CUDA, fp32 on the CPU].")
