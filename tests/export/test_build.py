@@ -114,7 +114,7 @@ def test_a_failing_export_or_verification_publishes_nothing(tmp_path, tiny_check
             raise RuntimeError("the compiler gave up")
         return exporter.export(spec, module, path, device)
     monkeypatch.setitem(build.EXPORTERS, "fake", lambda: build.Exporter(".bin", lambda d: None, broken))
-    with pytest.raises(RuntimeError, match="the compiler gave up"):
+    with pytest.raises(BuildError, match="exporting vae_encoder \\(fake\\) failed: RuntimeError: the compiler gave up"):
         build_engines(tiny_checkpoint.ckpt, _fake(), config=tiny_checkpoint.yaml, out=out)
     assert not out.exists() and not list(tmp_path.glob(".engines.tmp-*"))
 

@@ -180,6 +180,9 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
             toolchain = exporter.prepare(device)
         except EngineError as exc:
             raise BuildError(f"this process could not load the engines it would build: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a compiler missing or broken, in whatever way it fails
+            raise BuildError(f"checking the {build.backend} build tools failed ({_first_line(exc)}); is a C++ "
+                             "compiler installed ($CXX, else g++)?") from exc
         report("loading the weights", 1, _STEPS)
         from vfrt.models import load_zero123
         model = load_zero123(checkpoint, config=config, trust_checkpoint=trust_checkpoint, use_ema=build.use_ema,
@@ -199,7 +202,10 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
             for i, name in enumerate(BUILD_ORDER):
                 report(f"exporting {name}", 2 + i, _STEPS)
                 file = name + exporter.suffix
-                built = exporter.export(specs[name], networks.module(name), tmp / file, device)
+                try:
+                    built = exporter.export(specs[name], networks.module(name), tmp / file, device)
+                except Exception as exc:  # noqa: BLE001 - tracer and compiler errors of every kind
+                    raise BuildError(f"exporting {name} ({build.backend}) failed: {_first_line(exc)}") from exc
                 entries[name] = NetworkEntry.from_spec(built, file, sha256_file(tmp / file), (tmp / file).stat().st_size)
             manifest = Manifest(
                 backend=build.backend, backend_version=loader.version(), precision=precision, vae_precision=precision,
@@ -252,6 +258,11 @@ def verify_engine(manifest: Manifest, directory: Path, networks: Networks, loade
         raise BuildError("the built engines do not agree with PyTorch: " + ", ".join(
             f"{n} differs by {e:.2e} of its output range (tolerance {tolerance:.0e})" for n, e in bad.items()))
     return errors
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:400] if text else '-'}"
 
 
 # ------------------------------------------------------------------------------------------ publishing
