@@ -160,8 +160,8 @@ def check_engines() -> list[Row]:
         same = tc.libstdcxx is not None and tc.libstdcxx == loaded
         rows.append(Row("backend: aoti", "ok" if same else "warning",
                         f"torch {torch.__version__}, {tc.cxx} {tc.version}" + ("" if same else
-                        f"; its libstdc++ ({tc.libstdcxx}) is not this process's ({loaded}): packages are "
-                        "probe-loaded once in a child, a crash is reported with the LD_PRELOAD / CXX fix")))
+                        f"; its libstdc++ ({tc.libstdcxx}) is not this process's ({loaded}): packages may "
+                        "crash on load; vfrt probes them in a child first and reports the LD_PRELOAD / CXX fix")))
     found = cached_manifests()
     if not found:
         rows.append(Row("engines", "missing", f"none built in {engines_root()} (`vfrt build-engines -c CKPT` builds "

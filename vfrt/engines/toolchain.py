@@ -7,11 +7,12 @@ system's: the wrapper's ``std::regex`` crashed on load). A segfault cannot be ca
 detected before an in-process load:
 
 1. the build records the compiler and the libstdc++ it links (:class:`Toolchain`, in the manifest);
-2. before loading, that libstdc++ is compared with the one this process has mapped
-   (``/proc/self/maps``); the same file is safe;
-3. otherwise one artifact is loaded in a **child** process (:func:`probe_load`); a crash there
-   costs a child, not this process. The verdict is remembered per (toolchain, this Python, its
-   libstdc++, ``LD_PRELOAD``) in ``<cache>/load_probes.json``;
+2. before the first in-process load, one artifact is loaded in a **child** process
+   (:func:`probe_load`); a crash there costs a child, not this process. The verdict is remembered
+   per (toolchain, this Python, the libstdc++ it has mapped - ``/proc/self/maps`` -, ``LD_PRELOAD``,
+   torch) in ``<cache>/load_probes.json``, so a build pays for it and the runs after it do not;
+3. a libstdc++ that differs between the two is what predicts a crash: the build checks for it
+   before compiling anything (:func:`vfrt.export.aoti.check_toolchain`), and ``vfrt doctor`` shows it;
 4. a crash becomes :class:`~vfrt.engines.engine_dir.EngineLoadError` naming the fixes that were
    *tried in a child and worked* (``LD_PRELOAD=<libstdc++>``) and the rebuild with a compiler whose
    libstdc++ is the one this process uses (``CXX=...``).
@@ -182,15 +183,16 @@ class LoadabilityCheck:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     def verdict(self, toolchain: Toolchain, package: Path) -> dict:
-        """``{"ok": bool, "detail": str, "preload": [libstdc++ that made it load]}``, probing only when needed."""
-        if toolchain.libstdcxx is not None and toolchain.libstdcxx == self.loaded:
-            return {"ok": True, "detail": "same libstdc++", "preload": []}
+        """``{"ok": bool, "detail": str, "preload": [libstdc++ that made it load]}``: remembered, else probed
+        (even with the same libstdc++ on both sides: one child per environment is cheap insurance)."""
         key = self.key(toolchain)
         known = self.verdicts.read().get(key)
         if isinstance(known, dict) and "ok" in known:
             return known
-        log.warning("checking once, in a child process, that code built by %s loads here (its libstdc++ %s, this "
-                    "process uses %s)", toolchain.cxx, toolchain.libstdcxx, self.loaded)
+        same = toolchain.libstdcxx is not None and toolchain.libstdcxx == self.loaded
+        (log.info if same else log.warning)(
+            "checking once, in a child process, that code built by %s loads here (its libstdc++ %s, this process "
+            "uses %s)", toolchain.cxx, toolchain.libstdcxx, self.loaded)
         result = self.probe(Path(package), self.env)
         verdict = {"ok": result.ok, "detail": result.detail, "preload": []}
         if not result.ok:
