@@ -36,8 +36,6 @@ from vfrt.engines.toolchain import LoadabilityCheck, Toolchain, describe_compile
 
 log = logging.getLogger(__name__)
 
-#: the UNet's attention option when traced: plain SDPA (its kernel is chosen while tracing, without cuDNN)
-ATTENTION = "auto"
 
 
 def inductor_compiler() -> str:

@@ -43,6 +43,9 @@ from vfrt.hardware import DeviceError, resolve_device
 log = logging.getLogger(__name__)
 
 BackendName = Literal["aoti"]
+#: the UNet's attention option for exporters: plain SDPA, no context manager in the traced code (each
+#: exporter decides which attention kernel ends up in its artifact)
+TRACED_ATTENTION = "auto"
 #: networks in build order: the cheap ones first, so a broken toolchain shows before the long UNet compile
 BUILD_ORDER = ("time_embedding", "conditioning", "clip_image", "vae_encoder", "vae_decoder", "unet_step")
 #: largest ``max|engine - eager| / max|eager|`` the verification accepts, per precision. Both sides compute
@@ -189,10 +192,9 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
                              device="cpu")
         model_config = json.loads(json.dumps(dataclasses.asdict(model.config)))      # as the manifest reads back
         from vfrt.engines.specs import build_networks
-        from vfrt.export.aoti import ATTENTION
         dtype = TORCH_DTYPES[precision]
         networks = build_networks(model, device, dtype, dtype, channels_last=device.type == "cuda",
-                                  attention=ATTENTION, copy_weights=False)
+                                  attention=TRACED_ATTENTION, copy_weights=False)
         del model
         specs = networks.specs(max_refs=build.max_refs, max_batch=build.max_batch)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
