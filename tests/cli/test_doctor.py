@@ -19,7 +19,7 @@ def _rows(*args):
 def test_json_report_has_every_check():
     rows = _rows()
     for name in ("python", "vfrt", "torch", "triton", "outputs", "extra: recon", "extra: onnx", "extra: tensorrt",
-                 "extra: ray", "extra: serve", "rembg", "segmentation", "checkpoint"):
+                 "extra: ray", "extra: serve", "rembg", "segmentation", "checkpoint", "backend: aoti", "engines"):
         assert name in rows, name
     assert any(n.startswith("gpu") for n in rows)
     assert all(r["status"] in ("ok", "missing", "warning", "error") for r in rows.values())

@@ -14,17 +14,6 @@ from vfrt.cli.main import cli
 from vfrt.runtime.run import RunConfig, RunError, run_to_folder
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    img = np.zeros((80, 80, 4), np.uint8)
-    img[..., :3] = rng.integers(0, 255, (80, 80, 3))
-    img[15:65, 20:60, 3] = 255
-    path = tmp_path_factory.mktemp("img") / "object.png"
-    Image.fromarray(img).save(path)
-    return path
-
-
 def _args(tc, photo, out, *extra):
     return ["run", str(photo), "-c", str(tc.ckpt), "--config", str(tc.yaml), "--steps", "4", "--device", "cpu",
             "-o", str(out), *extra]

@@ -56,12 +56,13 @@ def test_bad_options_are_reported(tiny_checkpoint, tmp_path, served, extra, mess
     assert served == []
 
 
-def test_engines_need_a_runtime_that_loads_them(tiny_checkpoint, tmp_path, served):
-    from vfrt.runtime.pipeline import Pipeline
-    if hasattr(Pipeline, "from_engines"):
-        pytest.skip("this runtime loads built engines")
+def test_a_folder_that_is_not_an_engine_directory_is_refused(tiny_checkpoint, tmp_path, served):
+    """--engines loads built engines through the same path as `vfrt run --engines`: a folder without a
+    manifest is refused with one line saying what to build."""
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, tmp_path, "--engines", str(tmp_path)))
-    assert res.exit_code != 0 and "Pipeline.from_engines" in res.output and "Traceback" not in res.output
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "manifest" in res.output or "engine" in res.output
+    assert served == []
 
 
 def test_missing_checkpoint_and_missing_extra_say_what_to_do(tmp_path, monkeypatch, served):

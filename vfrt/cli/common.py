@@ -51,13 +51,17 @@ def resolve_checkpoint(path: str | None) -> tuple[Path, str]:
 
 def load_pipeline(checkpoint, config, engine, trust_checkpoint: bool, use_ema: bool, source: str = ""):
     """Build a Pipeline (``engine``: an :class:`vfrt.engines.config.EngineConfig`), turning every expected
-    failure into a one-line ClickException that names the checkpoint (and where its name came from)."""
+    failure into a one-line ClickException that names the checkpoint (and where its name came from). Without
+    a checkpoint, ``engine.engines`` names the engines to run."""
+    from vfrt.engines.engine_dir import EngineError
     from vfrt.models import CheckpointError
     from vfrt.runtime.pipeline import Pipeline
     try:
+        if checkpoint is None:
+            return Pipeline.from_engines(engine.engines, engine=engine)
         return Pipeline.from_checkpoint(checkpoint, config=config, engine=engine, trust_checkpoint=trust_checkpoint,
                                         use_ema=use_ema)
-    except CheckpointError as exc:
+    except (CheckpointError, EngineError) as exc:
         raise click.ClickException(f"{exc}{source}" if source else str(exc)) from exc
     except (RuntimeError, ValueError, OSError) as exc:
         raise click.ClickException(f"could not set up the pipeline from {checkpoint}{source}: {exc}") from exc

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import json
 import platform
+import shutil
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -152,9 +153,63 @@ def check_recon_encoding() -> list[Row]:
     return [Row("recon encoding", "ok", detail)]
 
 
+def check_engines() -> list[Row]:
+    """Built engines: can this machine build AOTInductor packages, which engine directories the cache
+    holds and whether each runs here, and whether the checkpoint `vfrt run` would use has engines."""
+    import torch
+
+    from vfrt.cli.common import find_checkpoint
+    from vfrt.engines.engine_cache import cached_manifests
+    from vfrt.engines.engine_dir import EngineError, check_artifacts, compatibility_problems, engines_root
+    from vfrt.engines.toolchain import describe_compiler, loaded_libstdcxx
+    from vfrt.export.aoti import inductor_compiler
+    rows = []
+    tc = describe_compiler(inductor_compiler())
+    if module_version("torch._inductor") is None or not shutil.which(tc.cxx):
+        rows.append(Row("backend: aoti", "missing", f"needs torch's Inductor and a C++ compiler ({tc.cxx} not found)"))
+    else:
+        loaded = loaded_libstdcxx()
+        same = tc.libstdcxx is not None and tc.libstdcxx == loaded
+        rows.append(Row("backend: aoti", "ok" if same else "warning",
+                        f"torch {torch.__version__}, {tc.cxx} {tc.version}" + ("" if same else
+                        f"; its libstdc++ ({tc.libstdcxx}) is not this process's ({loaded}): packages may "
+                        "crash on load; vfrt probes them in a child first and reports the LD_PRELOAD / CXX fix")))
+    found = cached_manifests()
+    if not found:
+        rows.append(Row("engines", "missing", f"none built in {engines_root()} (`vfrt build-engines -c CKPT` builds "
+                                              "them; `vfrt run` then starts in seconds)"))
+    usable_for = set()
+    for directory, manifest in found:
+        if isinstance(manifest, EngineError):
+            rows.append(Row(f"engines: {directory.name}", "error", str(manifest)))
+            continue
+        what = (f"{manifest.backend} {manifest.precision} {manifest.platform.device} "
+                f"{manifest.platform.gpu_name or ''}".rstrip() + f", from {manifest.checkpoint.path}")
+        device = torch.device(manifest.platform.device)
+        problems = compatibility_problems(manifest, device) if device.type == "cpu" or torch.cuda.is_available() \
+            else ["built for a GPU, PyTorch sees none"]
+        try:
+            check_artifacts(manifest, directory)
+        except EngineError as exc:
+            problems.append(str(exc).split("; rebuild with")[0])
+        if problems:
+            rows.append(Row(f"engines: {directory.name}", "warning",
+                            f"{what}: not usable here ({'; '.join(problems)}); {manifest.rebuild_command(directory)}"))
+        else:
+            usable_for.add(manifest.checkpoint.path)
+            rows.append(Row(f"engines: {directory.name}", "ok", f"{what}, built {manifest.built_at}"))
+    ckpt = find_checkpoint()
+    if ckpt is not None:
+        has = str(ckpt.resolve()) in usable_for
+        rows.append(Row("engines for checkpoint", "ok" if has else "missing",
+                        f"{ckpt}: " + ("`vfrt run` uses built engines" if has else
+                                       f"none usable here; build them: vfrt build-engines -c {ckpt}")))
+    return rows
+
+
 #: the report, in print order; add a feature's row by appending its check
 CHECKS: list[Check] = [check_python, check_torch, check_gpu, check_triton, check_outputs, check_extras,
-                       check_segmentation, check_recon_encoding, check_checkpoint]
+                       check_segmentation, check_recon_encoding, check_checkpoint, check_engines]
 
 
 def run_checks(checks: list[Check] | None = None) -> list[Row]:
@@ -175,7 +230,7 @@ _STYLE = {"ok": "green", "missing": "yellow", "warning": "yellow", "error": "red
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (name, status, detail).")
 def doctor(as_json: bool) -> None:
-    """Report Python / torch / CUDA versions, the GPU, Triton, optional extras, segmentation and weights."""
+    """Report Python / torch / CUDA versions, the GPU, Triton, optional extras, segmentation, weights and built engines."""
     rows = run_checks()
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))

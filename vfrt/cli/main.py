@@ -19,11 +19,12 @@ from vfrt import __version__
 # name -> (module, attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("vfrt.cli.run", "run", "Generate novel views (360-degree orbit or one target pose) from one photo."),
+    "build-engines": ("vfrt.cli.build_engines", "build_engines", "Build the networks once into engines (AOTInductor) so later runs start fast."),
     "bench": ("vfrt.cli.bench", "bench", "Benchmark the reference and fast engines (per-K step latency, orbit time, memory)."),
     "make-test-checkpoint": ("vfrt.cli.tiny", "make_test_checkpoint", "Write a seeded tiny random checkpoint in the original formats."),
     "recon": ("vfrt.cli.recon", "recon", "Reconstruct a coloured mesh with NeuS from generated views."),
     "eval-mesh": ("vfrt.cli.recon", "eval_mesh", "Chamfer distance and F-score of a mesh against a reference mesh."),
-    "doctor": ("vfrt.cli.doctor", "doctor", "What this installation can do: versions, GPU, extras, segmentation, weights."),
+    "doctor": ("vfrt.cli.doctor", "doctor", "What this installation can do: versions, GPU, extras, segmentation, weights, built engines."),
     "serve": ("vfrt.cli.serve", "serve", "Serve a web page and an HTTP API: photo in, views, turntable and mesh out."),
 }
 

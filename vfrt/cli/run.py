@@ -86,6 +86,10 @@ def _parse_extra(values) -> tuple:
               help="Fast backend: torch.compile the UNet: faster steps for a one-off compile of tens of seconds "
                    f"[default: on when the run generates >= {COMPILE_MIN_VIEWS} views, where it pays off - "
                    "docs/PERF.md].")
+@click.option("--engines", "engines_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Run the engines built in this directory (`vfrt build-engines`); stop if they do not fit "
+                   "[default: matching engines from the cache when there are, else PyTorch].")
+@click.option("--no-engines", is_flag=True, help="Never use built engines: load the checkpoint, run PyTorch.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: runs/<image name>]; with several images, the parent of one folder each.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -107,8 +111,8 @@ def _parse_extra(values) -> tuple:
 @click.pass_context
 def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
-        segment, elevation, device, backend, dtype, compile_unet, out, overwrite, no_resume, ray_address, batch, gpus,
-        ray_workers, ray_gpus_per_worker):
+        segment, elevation, device, backend, dtype, compile_unet, engines_dir, no_engines, out, overwrite, no_resume,
+        ray_address, batch, gpus, ray_workers, ray_gpus_per_worker):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best;
     others are segmented). A folder in IMAGES stands for the photos in it (sorted by name).
 
@@ -139,9 +143,12 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                         sampler=sampler, segment=segment)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if engines_dir and no_engines:
+        raise click.UsageError("--engines and --no-engines exclude each other")
     try:
         engine = EngineConfig(backend=backend, device=device, dtype=dtype, compile=compile_unet,
-                              expected_views=len(images) * cfg.generated_views)
+                              expected_views=len(images) * cfg.generated_views,
+                              engines=Path(engines_dir) if engines_dir else "off" if no_engines else "auto")
         resolved = engine.resolve()     # a bad device or precision stops here, before any weights load
     except DeviceError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from exc
@@ -160,13 +167,18 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         noise = NoiseBank.load(noise_path) if noise_path else None
     except NoiseBankError as exc:
         raise click.BadParameter(str(exc), param_hint="--noise") from exc
-    ckpt, source = resolve_checkpoint(checkpoint)
-    try:
-        model_config = peek_config(ckpt, config)
-    except CheckpointError as exc:
-        raise click.BadParameter(str(exc), param_hint="--config" if config else "--checkpoint") from exc
+    if checkpoint or not engines_dir:
+        ckpt, source = resolve_checkpoint(checkpoint)
+        try:
+            model_config = peek_config(ckpt, config)
+        except CheckpointError as exc:
+            raise click.BadParameter(str(exc), param_hint="--config" if config else "--checkpoint") from exc
+    else:                     # --engines without -c: the engines carry the weights and the architecture
+        ckpt, source, model_config = None, "", _engine_model_config(Path(engines_dir))
     targets = _targets(images, out, many)
     skipped = []
+    if (ray is not None or gpus > 1) and ckpt is None:
+        raise click.UsageError("--ray and --gpus load the weights in each worker: give the checkpoint (-c)")
     if ray is not None:
         from vfrt.cli.scaleout import skip_finished
         from vfrt.runtime.scaleout import SUMMARY_NAME
@@ -195,8 +207,9 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
     if batch > 1 or gpus > 1:
         return _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, config, model_config,
                              trust_checkpoint, not no_ema, overwrite, not no_resume, batch, gpus, quiet)
-    with _status(f"loading {ckpt}{source} ...", quiet):
+    with _status(f"loading {ckpt or engines_dir}{source} ...", quiet):
         pipe = load_pipeline(ckpt, model_config if config else None, engine, trust_checkpoint, not no_ema, source)
+    _say_engines(pipe, quiet)
     for image, out_dir, prepared in jobs:
         try:
             folder = _run_one(pipe, image, cfg, out_dir, noise, overwrite, not no_resume, run_mode, prepared, quiet)
@@ -209,6 +222,22 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
     if failures:
         raise click.ClickException(f"{len(failures)} of {len(targets)} images failed: "
                                    f"{', '.join(str(image) for image, _ in failures)}")
+
+
+def _engine_model_config(directory: Path):
+    """The architecture an engine directory was built for (its manifest), for checks before loading it."""
+    from vfrt.engines.engine_dir import EngineError, read_manifest
+    try:
+        return read_manifest(directory).zero123_config()
+    except EngineError as exc:
+        raise click.BadParameter(str(exc), param_hint="--engines") from exc
+
+
+def _say_engines(pipe, quiet: bool) -> None:
+    """One line naming the built engines a run uses (run.json records them too)."""
+    built = pipe.engine.describe().get("engines")
+    if built and not quiet:
+        click.echo(f"engines: {built['dir']} ({built['backend']}, {built['precision']}, built {built['built_at']})")
 
 
 def _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, config, model_config, trust: bool,
@@ -234,6 +263,7 @@ def _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, con
             from vfrt.runtime.run import run_many_to_folders
             with _status(f"loading {ckpt}{source} ...", quiet):
                 pipe = load_pipeline(ckpt, model_config if config else None, engine, trust, use_ema, source)
+            _say_engines(pipe, quiet)
             outcomes = run_many_to_folders(pipe, images, cfg, out_dirs, batch=batch, noise=banks, overwrite=overwrite,
                                            resume=resume, on_view=on_view)
     for image, outcome in zip(images, outcomes):

@@ -19,15 +19,14 @@ def _require_serve_extra(ui: bool) -> None:
 
 def load_pipelines(checkpoint, config, engines_dir, engine_configs, trust_checkpoint: bool, use_ema: bool) -> list:
     """One Pipeline per device: from the checkpoint, or from built engines where the runtime can load them."""
+    import dataclasses
+
     from vfrt.cli.common import load_pipeline, resolve_checkpoint
-    from vfrt.runtime.pipeline import Pipeline
-    if engines_dir is not None:
-        if not hasattr(Pipeline, "from_engines"):
-            raise click.ClickException("--engines needs a vfrt with Pipeline.from_engines (built engines); this one "
-                                       "can only load a checkpoint: use --checkpoint")
-        return [Pipeline.from_engines(engines_dir, engine=engine) for engine in engine_configs]
-    ckpt = resolve_checkpoint(checkpoint)
-    return [load_pipeline(ckpt, config, engine, trust_checkpoint, use_ema) for engine in engine_configs]
+    if engines_dir is not None:      # the engines carry the weights: load them through the same path as `vfrt run`
+        return [load_pipeline(None, None, dataclasses.replace(engine, engines=Path(engines_dir)), trust_checkpoint,
+                              use_ema) for engine in engine_configs]
+    ckpt, source = resolve_checkpoint(checkpoint)
+    return [load_pipeline(ckpt, config, engine, trust_checkpoint, use_ema, source) for engine in engine_configs]
 
 
 @click.command("serve")

@@ -5,7 +5,9 @@
                   time-embedding tables, combined update) over executors of the network specs, with the
                   step in CUDA graphs (:mod:`vfrt.engines.fast`, docs/ARCHITECTURE.md).
 
-Choices are made once, by :meth:`vfrt.engines.config.EngineConfig.resolve`.
+Choices are made once, by :meth:`vfrt.engines.config.EngineConfig.resolve`. Networks built once
+(``vfrt build-engines``) live in engine directories (:mod:`vfrt.engines.engine_dir`); whether a run
+uses them is decided by :func:`vfrt.engines.engine_cache.select_engines`.
 """
 from __future__ import annotations
 

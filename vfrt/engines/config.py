@@ -26,8 +26,10 @@ Python session compiles once it has shown it is long.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Literal, Union, get_args
 
 import torch
 
@@ -36,6 +38,7 @@ from vfrt.hardware import resolve_device, triton_importable, triton_runs_on
 Backend = Literal["auto", "reference", "fast"]
 Precision = Literal["float16", "bfloat16", "float32"]
 Attention = Literal["auto", "flash"]
+EngineSearch = Literal["auto", "off"]
 
 #: generated views from which compiling the UNet pays for its one-off cost (docs/PERF.md, "Cold start")
 COMPILE_MIN_VIEWS = 100
@@ -82,6 +85,10 @@ class EngineConfig:
         fused_geglu: one fused Triton GEMM per feed-forward GEGLU projection.
         triton_conv: split-reduction Triton kernel for the 8x8 / 4x4 3x3 convolutions.
         expected_views: views this process expects to generate (None: unknown, counted as it goes).
+        engines: built engines (``vfrt build-engines``) for a pipeline loaded from a checkpoint: "auto" uses
+            matching ones from the cache and falls back to PyTorch with a one-line warning when they do not
+            fit; "off" never uses them; a path (str or Path) names an engine directory that must fit.
+            Decided by :func:`vfrt.engines.engine_cache.select_engines` (one policy for API and CLI).
     """
 
     backend: Backend = "auto"
@@ -95,9 +102,16 @@ class EngineConfig:
     fused_geglu: bool | None = None
     triton_conv: bool | None = None
     expected_views: int | None = None
+    engines: Union[EngineSearch, Path] = "auto"
 
     def __post_init__(self):
         _check_literal("backend", self.backend, Backend)
+        if isinstance(self.engines, (str, os.PathLike)) and str(self.engines) not in get_args(EngineSearch):
+            object.__setattr__(self, "engines", Path(self.engines).expanduser())
+        elif not isinstance(self.engines, str):
+            raise EngineConfigError(f"engines must be 'auto', 'off' or an engine directory, got {self.engines!r}")
+        if isinstance(self.engines, Path) and self.backend == "reference":
+            raise EngineConfigError("built engines run the fast backend; backend='reference' runs in PyTorch")
         for name in ("dtype", "vae_dtype"):
             if getattr(self, name) is not None:
                 _check_literal(name, getattr(self, name), Precision)

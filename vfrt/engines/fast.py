@@ -46,12 +46,13 @@ class FastEngine:
         requested: what was asked (lets :meth:`prepare` re-decide the workload policy); None: fixed.
         networks: the torch modules behind the executors, when built from a model (re-used if the
             policy later swaps the UNet executor).
+        source: the engine directory the executors were loaded from (:func:`vfrt.engines.engine_dir.load_engine`).
     """
 
     name = "fast"
 
     def __init__(self, executors: Mapping[str, Executor], config: ResolvedEngineConfig, *,
-                 requested: EngineConfig | None = None, networks: Networks | None = None):
+                 requested: EngineConfig | None = None, networks: Networks | None = None, source=None):
         missing = [n for n in NETWORK_NAMES if n not in executors]
         if missing:
             raise ValueError(f"the fast engine needs an executor for every network; missing {', '.join(missing)}")
@@ -59,6 +60,7 @@ class FastEngine:
         self.device = config.device
         self.requested = requested
         self.networks = networks
+        self.source = source
         self._executors = {name: executors[name].load() for name in NETWORK_NAMES}
         #: this process's share of every step in a multi-GPU run (None: the whole step here)
         self.split: RowSplit | None = None
@@ -88,8 +90,11 @@ class FastEngine:
     def describe(self) -> dict:
         """Resolved choices and executor kinds (JSON-friendly), e.g. for run.json and benchmarks."""
         unet = self._executors["unet_step"]
-        return {**self.config.summary(), "executors": {n: e.kind for n, e in self._executors.items()},
-                "unet_compiled": bool(getattr(unet, "compiled", False))}
+        out = {**self.config.summary(), "executors": {n: e.kind for n, e in self._executors.items()},
+               "unet_compiled": bool(getattr(unet, "compiled", False))}
+        if self.source is not None:
+            out["engines"] = self.source.summary()
+        return out
 
     def prepare(self, views_so_far: int) -> None:
         """Re-apply the workload policy now that the process has ``views_so_far`` generated (or planned)

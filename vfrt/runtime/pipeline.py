@@ -156,12 +156,51 @@ class Pipeline:
     def from_checkpoint(cls, path, config=None, *, engine: EngineConfig | None = None, trust_checkpoint: bool = False,
                         use_ema: bool = True, max_cached_views: int | None = None) -> "Pipeline":
         """Load an original Zero123 ``.ckpt`` / ``.safetensors`` or a diffusers folder (EMA applied) and
-        build the engine. The engine choices are validated (device present, ...) before the weights load."""
+        build the engine. The engine choices are validated (device present, ...) before the weights load.
+
+        Built engines (``vfrt build-engines``) for these weights are used instead of loading them, as
+        ``engine.engines`` says (:func:`vfrt.engines.engine_cache.select_engines`: "auto" by default).
+        """
+        from vfrt.engines.engine_cache import select_engines
         from vfrt.models import load_zero123
         engine = engine if engine is not None else EngineConfig()
         engine.resolve()
+        chosen = select_engines(path, engine, use_ema=use_ema, config=config)
+        if chosen.note:
+            log.warning("%s", chosen.note)
+        if chosen.engine is not None:
+            return cls.from_engine(chosen.engine, chosen.engine.source.manifest.zero123_config(),
+                                   max_cached_views=max_cached_views)
         model = load_zero123(path, config=config, trust_checkpoint=trust_checkpoint, use_ema=use_ema, device="cpu")
         return cls(model, engine, max_cached_views=max_cached_views, copy_weights=False)
+
+    @classmethod
+    def from_engines(cls, source, *, engine: EngineConfig | None = None, use_ema: bool = True, config=None,
+                     max_cached_views: int | None = None) -> "Pipeline":
+        """A pipeline over built engines: ``source`` is an engine directory, or a checkpoint whose engines
+        are looked up in the cache. The weights are not read (only fingerprinted once per checkpoint file).
+
+        Raises:
+            EngineError: no usable engines (the message says why and how to build them).
+        """
+        import dataclasses
+        from pathlib import Path
+
+        from vfrt.engines.engine_cache import select_engines
+        from vfrt.engines.engine_dir import EngineError
+        from vfrt.models.diffusers_format import is_diffusers_folder
+        requested = engine if engine is not None else EngineConfig()
+        source = Path(source).expanduser()
+        if source.is_dir() and not is_diffusers_folder(source):      # an engine directory (checked on load)
+            chosen = select_engines(None, dataclasses.replace(requested, engines=source))
+        else:
+            chosen = select_engines(source, dataclasses.replace(requested, engines="auto"), use_ema=use_ema,
+                                    config=config)
+            if chosen.engine is None:
+                raise EngineError(chosen.note or f"no built engines for {source} in the cache",
+                                  f"vfrt build-engines -c {source}")
+        return cls.from_engine(chosen.engine, chosen.engine.source.manifest.zero123_config(),
+                               max_cached_views=max_cached_views)
 
     # ------------------------------------------------------------------ public state
     @property
@@ -294,7 +333,9 @@ class Pipeline:
                 ready.append(job)
             except ValueError as exc:             # a noise bank or resumed views that do not fit
                 fail(job, exc)
-        self.engine.prepare(self.views_generated + sum(len(j.plans) - len(j.resume) for j in ready))
+        todo = sum(len(j.plans) - len(j.resume) for j in ready)
+        self.engine.prepare(self.views_generated + todo)
+        log.info("sampling %d views", todo)      # the start-up marker benchmarks/bench_engines.py times
         run_batch = getattr(self.engine, "run_batch", None)
         if run_batch is None:        # engines without a batched step (the reference): one view after another
             def run_batch(dens, x_T, step_noise, generators):
