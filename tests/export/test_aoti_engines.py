@@ -136,7 +136,8 @@ def test_damaged_engines_named_explicitly_stop_the_run_with_the_rebuild(aoti_eng
         res.output
     (damaged / "manifest.json").write_text("{}")
     res = _run(None, photo, tmp_path / "b", "--engines", str(damaged))
-    assert res.exit_code == 1 and "manifest.json is corrupt" in res.output and not (tmp_path / "b").exists()
+    # a corrupt manifest is a bad --engines value, noticed before anything loads (usage error, exit 2)
+    assert res.exit_code == 2 and "manifest.json is corrupt" in res.output and not (tmp_path / "b").exists()
 
 
 def test_explicit_engines_of_other_weights_are_refused(aoti_engines, photo, tmp_path):

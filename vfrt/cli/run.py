@@ -198,7 +198,7 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
     if ray is not None:
         from vfrt.cli.scaleout import run_with_ray
         from vfrt.runtime.scaleout import WorkerSpec
-        spec = WorkerSpec(checkpoint=str(ckpt.resolve()), model_config=model_config if config else None,
+        spec = WorkerSpec(checkpoint=str(ckpt.resolve()), model_config=str(Path(config).resolve()) if config else None,
                           engine=engine, run=cfg, trust_checkpoint=trust_checkpoint, use_ema=not no_ema, noise=noise,
                           overwrite=overwrite, resume=not no_resume)
         out_of = dict(targets)
@@ -208,7 +208,7 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         return _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, config, model_config,
                              trust_checkpoint, not no_ema, overwrite, not no_resume, batch, gpus, quiet)
     with _status(f"loading {ckpt or engines_dir}{source} ...", quiet):
-        pipe = load_pipeline(ckpt, model_config if config else None, engine, trust_checkpoint, not no_ema, source)
+        pipe = load_pipeline(ckpt, config, engine, trust_checkpoint, not no_ema, source)
     _say_engines(pipe, quiet)
     for image, out_dir, prepared in jobs:
         try:
@@ -262,7 +262,7 @@ def _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, con
         else:
             from vfrt.runtime.run import run_many_to_folders
             with _status(f"loading {ckpt}{source} ...", quiet):
-                pipe = load_pipeline(ckpt, model_config if config else None, engine, trust, use_ema, source)
+                pipe = load_pipeline(ckpt, config, engine, trust, use_ema, source)
             _say_engines(pipe, quiet)
             outcomes = run_many_to_folders(pipe, images, cfg, out_dirs, batch=batch, noise=banks, overwrite=overwrite,
                                            resume=resume, on_view=on_view)

@@ -25,7 +25,7 @@ import torch
 from vfrt.engines.base import ViewEncoding
 from vfrt.engines.config import EngineConfig, ResolvedEngineConfig
 from vfrt.engines.executors import CompiledExecutor, EagerExecutor, Executor
-from vfrt.engines.specs import NETWORK_NAMES, Networks, build_networks
+from vfrt.engines.specs import NETWORK_NAMES, Networks, SpecMismatchError, build_networks
 from vfrt.engines.step import BoundView, StepGraphCache, check_one_schedule, combined_noise, step_coefficients
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class FastEngine:
         """Conditioning of one target view on K references (input first): poses (K, 4) pose
         conditions (SPEC's T), weights (K,) summing to 1."""
         K = len(refs)
+        self._check_rows(K + (float(guidance) != 1.0))
         dev = self.device
         clip = torch.cat([r.clip.to(dev, torch.float32) for r in refs], 0)
         latent = torch.cat([r.latent.to(dev, torch.float32) for r in refs], 0)
@@ -174,6 +175,18 @@ class FastEngine:
         if self.split is not None:      # identical on every rank already; make it bit-exact by construction
             self.split.broadcast(z)
         return list(z.split(1))
+
+    def _check_rows(self, rows: int) -> None:
+        """Refuse, with what to do, a view that needs more rows than the executors were built for (built
+        engines have a row range; a batch of views is split into calls by the step, one view is not)."""
+        limit = min(self._executors[name].spec.axis("rows").max for name in ("conditioning", "unet_step"))
+        if rows > limit:
+            hint = "use fewer views"
+            if self.source is not None:
+                rebuild = self.source.manifest.rebuild_command(self.source.directory, max_refs=rows - 1)
+                hint = f"rebuild them for more references ({rebuild}) or run without them (--no-engines)"
+            raise SpecMismatchError(f"this view needs {rows} UNet rows (K references + the unconditional row), the "
+                                    f"engine's networks take at most {limit}: {hint}")
 
     def _emb_table(self, schedule) -> torch.Tensor:
         key = tuple(int(t) for t in schedule.timesteps)
