@@ -404,3 +404,18 @@ def test_batch_gives_the_views_of_one_at_a_time(tiny_checkpoint, photo, tmp_path
 def test_batch_and_gpus_refuse_what_they_cannot_do(tiny_checkpoint, photo, tmp_path, no_model_load, extra, message):
     res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o", *extra))
     assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_plain_progress_lines_show_the_step_within_a_view():
+    from vfrt.cli.run import _ViewProgress
+    progress = _ViewProgress("photo.png: orbit", quiet=False, every=0.0)
+    lines = []
+    import click
+    real = click.echo
+    try:
+        click.echo = lambda message, err=False: lines.append(message)
+        progress.step(3, 76)
+        progress.update(1, 35)
+    finally:
+        click.echo = real
+    assert "view 0/?, step 3/76 of the next" in lines[0] and "view 1/35" in lines[1] and "ETA" in lines[1]

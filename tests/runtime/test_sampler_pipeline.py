@@ -303,3 +303,13 @@ def test_a_bad_device_is_refused_before_the_weights_load(tiny_checkpoint, monkey
     with pytest.raises(ValueError, match="unknown device"):
         Pipeline.from_checkpoint(tiny_checkpoint.ckpt, engine=EngineConfig(device="gpu0"))
     assert loads == []
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_step_progress_is_reported_for_every_step_of_every_view(tiny_model, image, backend):
+    pipe = Pipeline(tiny_model, cpu(backend))
+    seen = []
+    pipe.on_step = lambda done, total: seen.append((done, total))
+    pipe.orbit(image, generate=2, sampler=sampler(), preprocess=False)
+    S = STEPS - 1
+    assert seen == [(i, S) for i in range(1, S + 1)] * 2

@@ -362,6 +362,7 @@ class _ViewProgress:
         self.console = Console(stderr=True)
         self.t0 = time.perf_counter()
         self.last_line = -every
+        self.view_done, self.view_total = 0, None
         self.bar = None
         if not quiet and self.console.is_terminal:
             self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
@@ -379,15 +380,28 @@ class _ViewProgress:
             self.bar.__exit__(*exc)
 
     def update(self, done: int, total: int) -> None:
+        """After each view (done of total views)."""
+        self.view_done, self.view_total = done, total
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
+            self.bar.update(self.task, completed=done, total=total, description=self.label)
             return
+        self._line(done, total, force=done >= total)
+
+    def step(self, done: int, total: int) -> None:
+        """After each denoising step of the view being generated (done of total steps)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{self.label} [step {done}/{total}]")
+            return
+        self._line(self.view_done, self.view_total, step=(done, total))
+
+    def _line(self, done: int, total: int | None, force: bool = False, step: tuple[int, int] | None = None) -> None:
         now = time.perf_counter() - self.t0
-        if self.quiet or (now - self.last_line < self.every and done < total):
+        if self.quiet or (now - self.last_line < self.every and not force):
             return
         self.last_line = now
-        eta = now / done * (total - done) if done else float("nan")
-        click.echo(f"{self.label}: view {done}/{total}, {now:.0f} s elapsed, ETA {eta:.0f} s", err=True)
+        eta = now / done * (total - done) if done and total else float("nan")
+        where = f"view {done}/{total if total else '?'}" + (f", step {step[0]}/{step[1]} of the next" if step else "")
+        click.echo(f"{self.label}: {where}, {now:.0f} s elapsed, ETA {eta:.0f} s", err=True)
         sys.stderr.flush()
 
 
@@ -403,7 +417,7 @@ def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bo
     with _ViewProgress(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", quiet) as progress:
         try:
             return run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=resume,
-                                 on_view=progress.update, prepared=prepared)
+                                 on_view=progress.update, prepared=prepared, on_step=progress.step)
         except (RunError, ImageInputError, NoiseBankError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:

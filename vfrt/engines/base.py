@@ -59,6 +59,10 @@ class Engine(Protocol):
         """The engine's resolved choices, JSON-friendly (run.json, benchmarks, `vfrt doctor`)."""
         ...
 
+    def set_step_callback(self, on_step) -> None:
+        """``on_step(done, total)`` after each denoising step (progress bars), or None."""
+        ...
+
     def prepare(self, views_so_far: int) -> None:
         """Re-apply the workload policy (:meth:`vfrt.engines.config.EngineConfig.resolve`) before a
         generation; ``views_so_far`` counts the views generated or planned by the process."""

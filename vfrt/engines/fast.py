@@ -87,6 +87,10 @@ class FastEngine:
         """The executor running network ``name``."""
         return self._executors[name]
 
+    def set_step_callback(self, on_step) -> None:
+        """``on_step(done, total)`` after each denoising step (progress only), or None."""
+        self.step_cache.on_step = on_step
+
     def describe(self) -> dict:
         """Resolved choices and executor kinds (JSON-friendly), e.g. for run.json and benchmarks."""
         unet = self._executors["unet_step"]
@@ -110,14 +114,18 @@ class FastEngine:
                                           triton_conv=new.triton_conv)
         spec = self._executors["unet_step"].spec
         self._executors["unet_step"] = CompiledExecutor(spec, self.networks.unet_step).load()
+        on_step = self.step_cache.on_step
         self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, new.graphs, self.split)
+        self.step_cache.on_step = on_step
         self.config = new
 
     def distribute(self, split: "RowSplit | None") -> None:
         """Run this process's rows of every step from now on (``split`` from
         :func:`vfrt.engines.distributed.init_row_split`); None: the whole step again. Drops captured graphs."""
         self.split = split if split is not None and split.world_size > 1 else None
+        on_step = self.step_cache.on_step
         self.step_cache = StepGraphCache(self._executors["unet_step"], self.device, self.config.graphs, self.split)
+        self.step_cache.on_step = on_step
 
     # ------------------------------------------------------------------ per view
     @torch.no_grad()

@@ -25,7 +25,12 @@ class ReferenceEngine:
             raise ValueError(f"ReferenceEngine needs a config resolved for backend 'reference', got {config.backend!r}")
         self.config = config
         self.device = config.device
+        self.on_step = None
         self.model = model.to(self.device).float().eval()
+
+    def set_step_callback(self, on_step) -> None:
+        """``on_step(done, total)`` after each denoising step (progress only), or None."""
+        self.on_step = on_step
 
     def describe(self) -> dict:
         """Resolved choices (JSON-friendly)."""
@@ -54,7 +59,7 @@ class ReferenceEngine:
 class _ReferenceDenoiser:
     def __init__(self, engine: ReferenceEngine, refs, poses, weights, schedule, guidance):
         m, dev = engine.model, engine.device
-        self.model, self.device, self.guidance = m, dev, float(guidance)
+        self.engine, self.model, self.device, self.guidance = engine, m, dev, float(guidance)
         K = len(refs)
         clip = torch.cat([r.clip for r in refs], 0)                            # (K, D)
         poses = poses.to(dev, torch.float32).reshape(K, 4)
@@ -104,7 +109,10 @@ class _ReferenceDenoiser:
         if step_noise is None:
             step_noise = torch.randn((len(self.timesteps), self.K, *x.shape[1:]), device=self.device,
                                      generator=generator)
+        on_step = self.engine.on_step
         for i in range(len(self.timesteps)):
             x = self.step(x, i, step_noise[i])
+            if on_step is not None:
+                on_step(i + 1, len(self.timesteps))
         # the original decodes samples.mean(0) of K identical rows
         return x.expand(self.K, *x.shape[1:]).mean(dim=0, keepdim=True)

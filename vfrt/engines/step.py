@@ -31,7 +31,7 @@ objects or steps than any before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -148,6 +148,8 @@ class StepGraphCache:
     def __init__(self, unet: Executor, device: torch.device, use_graphs: bool, split: "RowSplit | None" = None):
         self.device = torch.device(device)
         self.use_graphs = bool(use_graphs)
+        #: ``(done, total)`` after each step of a replay (progress bars); None: no calls
+        self.on_step: Callable[[int, int], None] | None = None
         if self.use_graphs and (self.device.type != "cuda" or not unet.capturable):
             raise ValueError(f"CUDA graphs need a CUDA device and a capturable executor ({unet.kind} on {device})")
         self.unet = unet
@@ -242,17 +244,23 @@ class StepGraphCache:
         return True
 
     def replay(self, steps: int | None = None) -> None:
-        """Run ``steps`` steps (default: all S of the loaded views) from the current step index."""
+        """Run ``steps`` steps (default: all S of the loaded views) from the current step index.
+
+        ``on_step(done, steps)``, when set, is called after each step: for progress only (with graphs a
+        step is "done" once launched; nothing waits for the GPU here)."""
         views = self._loaded()
         steps = views[0].num_steps if steps is None else int(steps)
+        graph = None
         if self.use_graphs:
             self.capture()
             graph = self._graphs[self._total_rows]
-            for _ in range(steps):
+        for i in range(steps):
+            if graph is not None:
                 graph.replay()
-        else:
-            for _ in range(steps):
+            else:
                 self._body(self._local_rows)
+            if self.on_step is not None:
+                self.on_step(i + 1, steps)
 
     def step_eager(self) -> None:
         """One step without the graph (the same kernels launched from Python): for benchmarks."""

@@ -139,6 +139,8 @@ class Pipeline:
                  copy_weights: bool = True):
         self.engine_config = engine if engine is not None else EngineConfig()
         self.engine = create_engine(model, self.engine_config, copy_weights=copy_weights)
+        #: ``on_step(done, total)`` after each denoising step of a view (progress bars), or None
+        self.on_step: Callable[[int, int], None] | None = None
         self.model_config = model.config
         self.max_cached_views = max_cached_views
         self.views_generated = 0
@@ -149,6 +151,7 @@ class Pipeline:
         pipe = cls.__new__(cls)
         pipe.engine, pipe.model_config, pipe.max_cached_views = engine, model_config, max_cached_views
         pipe.engine_config = getattr(engine, "requested", None) or EngineConfig()
+        pipe.on_step = None
         pipe.views_generated = 0
         return pipe
 
@@ -335,6 +338,7 @@ class Pipeline:
                 fail(job, exc)
         todo = sum(len(j.plans) - len(j.resume) for j in ready)
         self.engine.prepare(self.views_generated + todo)
+        self.engine.set_step_callback(self.on_step)
         log.info("sampling %d views", todo)      # the start-up marker benchmarks/bench_engines.py times
         run_batch = getattr(self.engine, "run_batch", None)
         if run_batch is None:        # engines without a batched step (the reference): one view after another

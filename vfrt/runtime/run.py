@@ -226,10 +226,12 @@ def prepare_inputs(image: str | Path, cfg: RunConfig, resolution: int) -> list[P
 def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, *, noise: NoiseBank | None = None,
                   overwrite: bool = False, resume: bool = True,
                   on_view: Callable[[int, int], None] | None = None,
-                  prepared: Sequence[PreparedImage] | None = None) -> Path:
+                  prepared: Sequence[PreparedImage] | None = None,
+                  on_step: Callable[[int, int], None] | None = None) -> Path:
     """Generate with ``pipe`` and write the output folder ``out_dir`` (see module docstring).
 
-    ``on_view(done, total)`` is called after each generated view (for progress bars). ``prepared``: the
+    ``on_view(done, total)`` is called after each generated view and ``on_step(done, total)`` after each
+    denoising step within a view (for progress bars). ``prepared``: the
     photos from :func:`prepare_inputs`, when the caller validated them already. An unfinished
     ``out_dir.partial`` with the same settings is resumed (``resume``); one with other settings is refused
     (:func:`check_output_folder`). Returns the finished folder's path.
@@ -244,14 +246,18 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     common = dict(sampler=cfg.sampler, noise=noise, preprocess=cfg.preprocess, on_view=save_view, resume=folder.done)
     prepared = folder.prepared
     t0 = time.perf_counter()
-    if cfg.mode == "orbit":
-        result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, **common)
-    elif cfg.mode == "single":
-        result = pipe.single(prepared[0], delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
-                             delta_radius=cfg.delta_radius, **common)
-    else:
-        poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
-        result = pipe.multi_view(prepared, poses, views=cfg.views, generate=cfg.generate, **common)
+    previous_on_step, pipe.on_step = getattr(pipe, "on_step", None), on_step
+    try:
+        if cfg.mode == "orbit":
+            result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, **common)
+        elif cfg.mode == "single":
+            result = pipe.single(prepared[0], delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
+                                 delta_radius=cfg.delta_radius, **common)
+        else:
+            poses = [(0.0, 0.0, 0.0)] + [tuple(x) for _, *x in cfg.extra_inputs]
+            result = pipe.multi_view(prepared, poses, views=cfg.views, generate=cfg.generate, **common)
+    finally:
+        pipe.on_step = previous_on_step
     return folder.finish(result, time.perf_counter() - t0)
 
 
