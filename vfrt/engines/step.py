@@ -31,15 +31,23 @@ objects or steps than any before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
 from vfrt.engines.base import combined_update_coefficients
 from vfrt.engines.executors.base import Executor
 
-if TYPE_CHECKING:
-    from vfrt.engines.distributed import RowSplit
+
+
+class RowShare(Protocol):
+    """This process's share of every step's rows when one orbit runs on several GPUs (implemented by
+    :class:`vfrt.engines.distributed.RowSplit`): the step computes eps for rows ``rows(total)`` only and
+    ``reduce`` sums the partial guided eps over the processes, in place."""
+
+    def rows(self, total: int) -> tuple[int, int]: ...
+
+    def reduce(self, partial: torch.Tensor) -> None: ...
 
 #: rows the step buffers start with: a 36-view orbit needs up to K = 25 (+1 unconditional row)
 INITIAL_ROWS = 26
@@ -145,7 +153,7 @@ class StepGraphCache:
         split: this process's share of a step split across GPUs (None: all rows here).
     """
 
-    def __init__(self, unet: Executor, device: torch.device, use_graphs: bool, split: "RowSplit | None" = None):
+    def __init__(self, unet: Executor, device: torch.device, use_graphs: bool, split: RowShare | None = None):
         self.device = torch.device(device)
         self.use_graphs = bool(use_graphs)
         #: ``(done, total)`` after each step of a replay (progress bars); None: no calls
