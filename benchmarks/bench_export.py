@@ -6,9 +6,10 @@ I/O, external data over 2 GiB, ``onnx.checker`` + strict shape inference), then 
 Runtime on the CPU at the spec's opt sizes (13 rows for the UNet step) on fresh random inputs and
 compared with the PyTorch network in fp32 (TF32 off) and in the graph's own precision. Where
 ``onnxruntime-gpu`` is installed it also times the fp16 UNet step on the CUDA provider with CUDA
-graphs against the eager PyTorch step. Prints a table, writes JSON; exits 1 if any network failed.
+graphs against the eager PyTorch step. Prints a table, writes JSON (also after every network, so a
+run stopped by a time limit keeps what it measured); exits 1 if any network failed.
 
-    python benchmarks/bench_export.py --out export_h200.json              # GPU machine, full size
+    timeout 235 python benchmarks/bench_export.py --budget-s 160 --out export_h200.json   # GPU, full size
     python benchmarks/bench_export.py --tiny --device cpu --out tiny.json # CPU smoke run (tiny model)
 """
 from __future__ import annotations
@@ -99,7 +100,8 @@ def time_onnxruntime_cuda(networks, spec, model_path, repeats: int = 20) -> dict
     return out
 
 
-def run(args) -> dict:
+def run(args, save=lambda res: None) -> dict:
+    """The measurements; ``save(res)`` is called after every network (partial results survive a time limit)."""
     from vfrt.engines.specs import NETWORK_NAMES, build_networks
     from vfrt.export.onnx import OnnxExportConfig, OnnxExportError
     started = time.perf_counter()
@@ -139,6 +141,8 @@ def run(args) -> dict:
             except OnnxExportError as exc:
                 rows.append({"network": name, "error": str(exc)})
             log.info("%s", rows[-1])
+            res["precisions"][precision] = {"networks": rows, "partial": True}
+            save(res)
         entry = {"networks": rows, "seconds": round(time.perf_counter() - started - spent, 1)}
         if device.type == "cuda" and dtype == torch.float16 and "unet_step" in names and (out_dir / "unet_step.onnx").exists():
             entry["unet_step_cuda"] = time_onnxruntime_cuda(networks, specs["unet_step"], out_dir / "unet_step.onnx")
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda needs a CUDA GPU; use --device cpu")
-    res = run(args)
+    res = run(args, save=lambda partial: Path(args.out).write_text(json.dumps(partial, indent=2)))
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(format_table(res))
     return 1 if failed(res) else 0

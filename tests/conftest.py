@@ -96,7 +96,7 @@ def fake_backend(tiny_model):
 
     def export(spec, module, path, device):
         path.write_bytes(f"fake artifact of {spec.name}\n".encode() * 64)
-        return spec
+        return build.ExportedNetwork(spec)
 
     def load(manifest, directory, device):
         specs = manifest.specs()

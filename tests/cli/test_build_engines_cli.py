@@ -22,7 +22,9 @@ def test_help_lists_the_build():
     (["--device", "cpu", "--precision", "fp16"], "need a CUDA device"),
     (["--device", "tpu"], "unknown device"),
     (["--max-refs", "0"], "0 is not in the range"),
-    (["--backend", "tensorrt"], "Invalid value for '--backend'"),
+    (["--backend", "tensorrt-llm"], "Invalid value for '--backend'"),
+    (["--backend", "tensorrt", "--device", "cpu"], "tensorrt engines run on cuda, not cpu"),
+    (["--backend", "onnxruntime", "--device", "cpu", "--precision", "fp16"], "need a CUDA device"),
 ])
 def test_bad_options_stop_before_the_weights_load(args, match):
     res = _build(*args)

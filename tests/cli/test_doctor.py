@@ -1,4 +1,5 @@
 """`vfrt doctor`: one row per check, never a crash, machine-readable with --json."""
+import importlib.util
 import json
 
 import pytest
@@ -19,7 +20,8 @@ def _rows(*args):
 def test_json_report_has_every_check():
     rows = _rows()
     for name in ("python", "vfrt", "torch", "triton", "outputs", "extra: recon", "extra: onnx", "extra: tensorrt",
-                 "extra: ray", "extra: serve", "rembg", "segmentation", "checkpoint", "backend: aoti", "engines"):
+                 "extra: ray", "extra: serve", "rembg", "segmentation", "checkpoint", "backend: aoti",
+                 "backend: onnxruntime", "backend: tensorrt", "engines"):
         assert name in rows, name
     assert any(n.startswith("gpu") for n in rows)
     assert all(r["status"] in ("ok", "missing", "warning", "error") for r in rows.values())
@@ -32,6 +34,24 @@ def test_table_report(monkeypatch):
     monkeypatch.setattr(doctor_module, "CHECKS", [lambda: [Row("extra: onnx", "missing", "pip install 'vfrt[onnx]'")]])
     res = CliRunner().invoke(cli, ["doctor"])
     assert "vfrt[onnx]" in res.output              # rich markup does not eat the [extra]
+
+
+def test_backend_rows_say_what_builds_and_runs_here(monkeypatch):
+    import sys
+
+    import torch
+    rows = _rows()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert rows["backend: onnxruntime"]["status"] == "ok" and "builds here, runs on the CPU" in \
+            rows["backend: onnxruntime"]["detail"]
+    if importlib.util.find_spec("tensorrt_rtx") is not None and not torch.cuda.is_available():
+        detail = rows["backend: tensorrt"]["detail"]
+        assert "builds plans without a GPU" in detail and "cannot run here" in detail
+    for module in ("onnxruntime", "tensorrt", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, module, None)
+    rows = _rows()
+    assert rows["backend: onnxruntime"]["status"] == "missing" and "vfrt[onnx]" in rows["backend: onnxruntime"]["detail"]
+    assert rows["backend: tensorrt"]["status"] == "missing" and "vfrt[tensorrt]" in rows["backend: tensorrt"]["detail"]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU row")

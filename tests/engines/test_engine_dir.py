@@ -127,7 +127,8 @@ def test_engines_of_another_machine_or_software_are_refused_listing_every_mismat
     with pytest.raises(EngineMismatchError, match="built for cuda, this run is on cpu"):
         load_engine(copy, EngineConfig(device="cpu"))
     if not torch.cuda.is_available():
-        with pytest.raises(EngineMismatchError, match="PyTorch sees no CUDA GPU"):
+        with pytest.raises(EngineMismatchError, match=r"the fake engines run on a CUDA GPU \(NVIDIA H200, compute "
+                                                      r"capability 9\.0\), and PyTorch sees none on this machine"):
             load_engine(copy)                      # the device follows the engines: CUDA, absent here
 
 

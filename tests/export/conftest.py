@@ -53,27 +53,57 @@ class BuiltEngines:
     cache: Path           # the VFRT_CACHE_DIR they were built into
     seconds: float
     output: str
+    options: tuple[str, ...]   # the build-engines options besides the checkpoint
 
 
-@pytest.fixture(scope="session")
-def aoti_engines(tiny_checkpoint, tmp_path_factory):
-    """Compiles six C++ packages: minutes on two busy cores, hence once per session (the time is in
-    ``seconds``). Built into a cache of their own, so other tests' runs never pick them up."""
-    import shutil
-
+def _cli_build(tiny_checkpoint, tmp_path_factory, name: str, *args: str) -> BuiltEngines:
+    """`vfrt build-engines` of the tiny checkpoint into a cache of its own (so other tests' runs never pick
+    the engines up); the time it took is in ``seconds``."""
     from click.testing import CliRunner
 
     from vfrt.cli.main import cli
-    from vfrt.export.aoti import inductor_compiler
-    if shutil.which(inductor_compiler()) is None:
-        pytest.skip(f"AOTInductor needs a C++ compiler ({inductor_compiler()} not found)")
-    cache = tmp_path_factory.mktemp("aoti_cache")
+    cache = tmp_path_factory.mktemp(f"{name}_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VFRT_CACHE_DIR", str(cache))
         t0 = time.perf_counter()
         res = CliRunner().invoke(cli, ["build-engines", "-c", str(tiny_checkpoint.ckpt), "--config",
-                                       str(tiny_checkpoint.yaml), "--device", "cpu"])
+                                       str(tiny_checkpoint.yaml), *args])
         seconds = time.perf_counter() - t0
     assert res.exit_code == 0, res.output
     directory = Path(re.search(r"built (\S+) in", res.output).group(1))
-    return BuiltEngines(directory, cache, seconds, res.output)
+    return BuiltEngines(directory, cache, seconds, res.output, args)
+
+
+@pytest.fixture(scope="session")
+def aoti_engines(tiny_checkpoint, tmp_path_factory):
+    """Compiles six C++ packages: minutes on two busy cores, hence once per session."""
+    import shutil
+
+    from vfrt.export.aoti import inductor_compiler
+    if shutil.which(inductor_compiler()) is None:
+        pytest.skip(f"AOTInductor needs a C++ compiler ({inductor_compiler()} not found)")
+    return _cli_build(tiny_checkpoint, tmp_path_factory, "aoti", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def onnxruntime_engines(tiny_checkpoint, tmp_path_factory):
+    """Six ONNX graphs, verified in ONNX Runtime on the CPU (tens of seconds)."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (pip install 'vfrt[onnx]')")
+    return _cli_build(tiny_checkpoint, tmp_path_factory, "onnxruntime", "--backend", "onnxruntime", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tensorrt_engines(tiny_checkpoint, tmp_path_factory):
+    """fp16 plans of the six networks for CUDA GPUs, built on this machine: without a GPU by TensorRT-RTX
+    (what CI has; they cannot run here), for the GPU where there is one. Rows up to 7 (``--max-refs 6``)."""
+    import torch
+
+    from vfrt.export.tensorrt import PlanExporter, TensorRTBuildError, TensorRTUnavailableError
+    if torch.cuda.is_available():
+        try:
+            PlanExporter().prepare(torch.device("cuda"))
+        except (TensorRTUnavailableError, TensorRTBuildError) as exc:
+            pytest.skip(f"no TensorRT flavour here builds for this GPU: {exc}")
+    elif not PlanExporter().builds_without_gpu():
+        pytest.skip("no TensorRT flavour installs here that builds without a GPU (pip install 'vfrt[tensorrt-rtx]')")
+    return _cli_build(tiny_checkpoint, tmp_path_factory, "tensorrt", "--backend", "tensorrt", "--max-refs", "6")

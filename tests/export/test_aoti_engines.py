@@ -1,10 +1,12 @@
 """AOTInductor engines end to end on the CPU: `vfrt build-engines --device cpu` once (tests/export/
 conftest.py), then every network against its PyTorch module, `vfrt run` with them against the
-reference backend, the cache lookup of `vfrt run -c`, and the CLI's answers to damaged engines."""
+reference backend, the cache lookup of `vfrt run -c`, and the CLI's answers to damaged engines.
+The views test also runs over the ONNX Runtime engines (`--backend onnxruntime`)."""
 import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -19,6 +21,12 @@ from vfrt.engines.specs import NETWORK_NAMES, build_networks
 NETWORK_TOLERANCE = 1e-4
 #: generated views vs the fp32 reference backend, same noise (as the torch fast engine's test: tests/runtime)
 VIEW_TOLERANCE = 1e-4
+
+
+@pytest.fixture(params=["aoti", "onnxruntime"])
+def cpu_engines(request):
+    """The fp32 CPU engines of each backend that runs on the CPU (built once per session)."""
+    return request.param, request.getfixturevalue(f"{request.param}_engines")
 
 
 def _run(weights, photo, out, *extra):
@@ -62,14 +70,15 @@ def _tuple(x):
     return (x,) if isinstance(x, torch.Tensor) else tuple(x)
 
 
-def test_views_from_the_engines_equal_the_reference_backend(aoti_engines, tiny_model, photo, tmp_path):
+def test_views_from_the_engines_equal_the_reference_backend(cpu_engines, tiny_model, photo, tmp_path):
     """`vfrt run --engines` (no checkpoint needed), then the fp32 reference replaying its noise."""
-    res = _run(None, photo, tmp_path / "eng", "--engines", str(aoti_engines.directory))
+    backend, built = cpu_engines
+    res = _run(None, photo, tmp_path / "eng", "--engines", str(built.directory))
     assert res.exit_code == 0, res.output
-    assert f"engines: {aoti_engines.directory} (aoti, float32" in res.output
+    assert f"engines: {built.directory} ({backend}, float32" in res.output
     meta = json.loads((tmp_path / "eng" / "run.json").read_text())
-    assert meta["engine"]["engines"]["dir"] == str(aoti_engines.directory)
-    assert set(meta["engine"]["executors"].values()) == {"aoti"}
+    assert meta["engine"]["engines"]["dir"] == str(built.directory)
+    assert set(meta["engine"]["executors"].values()) == {backend} and meta["engine"]["graphs"] is False
 
     from vfrt.runtime.noise import NoiseBank
     from vfrt.runtime.pipeline import Pipeline
@@ -78,8 +87,7 @@ def test_views_from_the_engines_equal_the_reference_backend(aoti_engines, tiny_m
     image = load_image(tmp_path / "eng" / "input.png", preprocess=False)
     noise = NoiseBank.load(tmp_path / "eng" / "noise.npz")
     sampler = SamplerConfig(steps=4)
-    eng = Pipeline.from_engines(aoti_engines.directory).orbit(image, views=8, sampler=sampler, noise=noise,
-                                                               preprocess=False)
+    eng = Pipeline.from_engines(built.directory).orbit(image, views=8, sampler=sampler, noise=noise, preprocess=False)
     ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
         image, views=8, sampler=sampler, noise=noise, preprocess=False)
     assert np.abs(eng.images - ref.images).max() <= VIEW_TOLERANCE
@@ -89,6 +97,7 @@ def test_views_from_the_engines_equal_the_reference_backend(aoti_engines, tiny_m
 
 
 def test_vfrt_run_finds_the_engines_of_its_checkpoint(aoti_engines, tiny_checkpoint, photo, tmp_path, monkeypatch):
+    """The cache lookup is the same for every backend (its reuse check per backend: test_engine_backends.py)."""
     monkeypatch.setenv("VFRT_CACHE_DIR", str(aoti_engines.cache))
     res = _run(tiny_checkpoint, photo, tmp_path / "auto")
     assert res.exit_code == 0, res.output
@@ -99,7 +108,7 @@ def test_vfrt_run_finds_the_engines_of_its_checkpoint(aoti_engines, tiny_checkpo
     res = _run(tiny_checkpoint, photo, tmp_path / "x", "--no-engines", "--engines", str(aoti_engines.directory))
     assert res.exit_code == 2 and "exclude each other" in res.output
     res = CliRunner().invoke(cli, ["build-engines", "-c", str(tiny_checkpoint.ckpt), "--config",
-                                   str(tiny_checkpoint.yaml), "--device", "cpu"])
+                                   str(tiny_checkpoint.yaml), *aoti_engines.options])
     assert res.exit_code == 0 and f"up to date: {aoti_engines.directory}" in res.output
 
 

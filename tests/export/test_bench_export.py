@@ -40,3 +40,17 @@ def test_a_spent_budget_skips_the_next_precision_and_a_failure_sets_the_exit_cod
     assert bench_export.failed(res)
     text = bench_export.format_table(res)
     assert "unet_step       FAILED: exporting failed" in text and "float32   skipped: time budget" in text
+
+
+def test_results_are_saved_after_every_network(monkeypatch, tmp_path):
+    """A run cut short by a time limit keeps what it measured (the JSON is rewritten after each network)."""
+    import argparse
+    import copy
+    monkeypatch.setattr(bench_export, "measure_network", lambda name, *rest: {"network": name, "within_tolerance": True})
+    saved = []
+    args = argparse.Namespace(device="cpu", networks="conditioning,time_embedding", tiny=True, exporter="torchscript",
+                              budget_s=420.0, precisions="float16,float32", work_dir=str(tmp_path), keep=False, seed=7)
+    bench_export.run(args, save=lambda res: saved.append(copy.deepcopy(res)))
+    assert len(saved) == 4
+    assert [r["network"] for r in saved[0]["precisions"]["float16"]["networks"]] == ["conditioning"]
+    assert saved[2]["precisions"]["float16"].get("partial") is None and saved[2]["precisions"]["float32"]["partial"]

@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
             (marks / "doomed-building").touch()
             time.sleep(600)                     # killed here by the test
         path.write_bytes(f"{role} artifact of {spec.name}\\n".encode() * 64)
-        return spec
+        return build.ExportedNetwork(spec)
 
     build.EXPORTERS["fake"] = lambda: build.Exporter(".bin", lambda device: None, export)
     engine_dir.ENGINE_BACKENDS["fake"] = lambda: engine_dir.BackendLoader(lambda: "fake 1", lambda m, d, dev: {})
@@ -178,7 +178,7 @@ def test_build_config_is_validated_once(kwargs, match):
 
 
 def test_build_config_resolves_device_and_precision():
-    assert BuildConfig(device="cpu").resolve() == (torch.device("cpu"), "float32")
+    assert BuildConfig(device="cpu").resolve() == build.BuildTarget(torch.device("cpu"), torch.device("cpu"), "float32")
     with pytest.raises(BuildError, match="need a CUDA device"):
         BuildConfig(device="cpu", precision="float16").resolve()
     if not torch.cuda.is_available():

@@ -15,12 +15,17 @@ PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of a checkpoint you trust.")
 @click.option("--no-ema", is_flag=True, help="Build from the raw UNet weights instead of the EMA weights.")
 @click.option("--backend", type=click.Choice(sorted(EXPORTERS)), default="aoti", show_default=True,
-              help="aoti: AOTInductor packages (torch.export + Inductor, loaded without Python tracing).")
+              help="aoti: AOTInductor packages (torch.export + Inductor, loaded without Python tracing); "
+                   "onnxruntime: ONNX graphs run by ONNX Runtime (CPU, or CUDA with onnxruntime-gpu); "
+                   "tensorrt: TensorRT plans (TensorRT-RTX builds them for RTX GPUs without a GPU here). "
+                   "docs/ENGINES.md says which to use where.")
 @click.option("--precision", type=click.Choice(sorted(PRECISIONS)), default=None,
               help="Compute precision [default: fp16 on CUDA, fp32 on the CPU].")
 @click.option("--max-refs", type=click.IntRange(1, 1023), default=25, show_default=True,
               help="References per target view the UNet is built for (a 36-view orbit needs 25).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]: where the engines will run.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu or cuda[:N]: where the engines will run (tensorrt: a CUDA GPU, built for one "
+                   "without it where TensorRT-RTX is installed).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Engine directory to write [default: vfrt's cache, where `vfrt run -c CKPT` finds it].")
 @click.option("--force", is_flag=True, help="Rebuild even if matching engines exist.")
@@ -63,6 +68,14 @@ def build_engines(checkpoint, config, trust_checkpoint, no_ema, backend, precisi
     else:
         worst = max((n.max_error for n in m.networks if n.max_error is not None), default=None)
         check = f", verified: max relative error {worst:.1e}" if worst is not None else ", not verified"
+        if worst is None and not result.runs_here and not no_verify:
+            check += " (they cannot run on this machine)"
         click.echo(f"built {result.directory} in {result.seconds:.0f} s ({m.backend}, {m.precision}, {m.platform.device}"
                    f"{check})")
-    click.echo(f"use: vfrt run IMAGE -c {ckpt}" + ("" if out is None else f" --engines {result.directory}"))
+    if result.runs_here:
+        click.echo(f"use: vfrt run IMAGE -c {ckpt}" + ("" if out is None else f" --engines {result.directory}"))
+    else:
+        targets = (m.toolchain or {}).get("compute_capabilities")
+        gpu = f"a CUDA GPU of compute capability {', '.join(targets)}" if targets else "the CUDA GPU they were built for"
+        click.echo(f"they run on {gpu} ({m.backend_version}): copy {result.directory} there and run "
+                   "vfrt run IMAGE --engines DIR")

@@ -153,9 +153,50 @@ def check_recon_encoding() -> list[Row]:
     return [Row("recon encoding", "ok", detail)]
 
 
+def _onnxruntime_backend() -> Row:
+    """Can `vfrt build-engines --backend onnxruntime` build here, and on which devices do its engines run?"""
+    import torch
+
+    from vfrt.engines.executors.onnxruntime import import_onnxruntime
+    from vfrt.export.onnx import OnnxExportError, tools
+    try:
+        found = tools()
+    except OnnxExportError as exc:
+        return Row("backend: onnxruntime", "missing", str(exc))
+    cuda = "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+    gpu_note = "" if cuda or not torch.cuda.is_available() else "; on this GPU with pip install 'vfrt[onnx-gpu]'"
+    return Row("backend: onnxruntime", "ok", f"onnxruntime {found['onnxruntime']}, onnx {found['onnx']} "
+                                             f"({found['exporter']} exporter): builds here, runs on the CPU"
+                                             f"{' and CUDA GPUs' if cuda else ''}{gpu_note}")
+
+
+def _tensorrt_backend() -> Row:
+    """Can `vfrt build-engines --backend tensorrt` build here, and can its plans run on this GPU?"""
+    import torch
+
+    from vfrt.engines.executors.tensorrt import (TensorRTUnavailableError, capability_name, import_tensorrt,
+                                                 rtx_targets)
+    try:
+        trt = import_tensorrt()
+    except TensorRTUnavailableError as exc:
+        return Row("backend: tensorrt", "missing", str(exc))
+    name, targets = f"{trt.__name__} {trt.__version__}", rtx_targets(trt)
+    here = capability_name(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    if here is None and targets:
+        return Row("backend: tensorrt", "ok", f"{name}: builds plans without a GPU (targets compute capability "
+                                              f"{', '.join(targets)}); they cannot run here (PyTorch sees no GPU)")
+    if here is None:
+        return Row("backend: tensorrt", "warning", f"{name} builds on the GPU its plans run on; PyTorch sees none")
+    if targets and here not in targets:
+        return Row("backend: tensorrt", "warning", f"{name} cannot target this GPU (compute capability {here}): its "
+                                                   "plans neither build for it nor run on it; TensorRT does "
+                                                   "(pip install 'vfrt[tensorrt]')")
+    return Row("backend: tensorrt", "ok", f"{name}: builds and runs plans on this GPU (compute capability {here})")
+
+
 def check_engines() -> list[Row]:
-    """Built engines: can this machine build AOTInductor packages, which engine directories the cache
-    holds and whether each runs here, and whether the checkpoint `vfrt run` would use has engines."""
+    """Built engines: can this machine build (and run) each backend's engines, which engine directories the
+    cache holds and whether each runs here, and whether the checkpoint `vfrt run` would use has engines."""
     import torch
 
     from vfrt.cli.common import find_checkpoint
@@ -174,6 +215,7 @@ def check_engines() -> list[Row]:
                         f"torch {torch.__version__}, {tc.cxx} {tc.version}" + ("" if same else
                         f"; its libstdc++ ({tc.libstdcxx}) is not this process's ({loaded}): packages may "
                         "crash on load; vfrt probes them in a child first and reports the LD_PRELOAD / CXX fix")))
+    rows += [_onnxruntime_backend(), _tensorrt_backend()]
     found = cached_manifests()
     if not found:
         rows.append(Row("engines", "missing", f"none built in {engines_root()} (`vfrt build-engines -c CKPT` builds "

@@ -58,7 +58,8 @@ def checkpoint_entry(checkpoint: Path, *, use_ema: bool, config=None,
 def engine_key(checkpoint: CheckpointEntry, *, backend: str, precision: str, platform: Platform, max_refs: int,
                max_batch: int) -> str:
     """The cache directory name of an engine: readable prefix + a short hash of the remaining choices."""
-    device = "cpu" if platform.device == "cpu" else f"sm{(platform.compute_capability or '').replace('.', '')}"
+    cc = platform.compute_capability
+    device = f"sm{cc.replace('.', '')}" if cc else platform.device       # e.g. sm90; cpu; cuda (no GPU at the build)
     rest = json.dumps([checkpoint.fingerprint, checkpoint.use_ema, checkpoint.config_sha256, platform.gpu_name,
                        platform.compute_capability, max_batch], sort_keys=True)
     return (f"{checkpoint.fingerprint[:12]}-{backend}-{PRECISION_FLAGS[precision]}-{device}-r{max_refs}-"

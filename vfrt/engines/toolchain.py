@@ -13,7 +13,7 @@ detected before an in-process load:
    torch) in ``<cache>/load_probes.json``, so a build pays for it and the runs after it do not;
 3. a libstdc++ that differs between the two is what predicts a crash: the build checks for it
    before compiling anything (:func:`vfrt.export.aoti.check_toolchain`), and ``vfrt doctor`` shows it;
-4. a crash becomes :class:`~vfrt.engines.engine_dir.EngineLoadError` naming the fixes that were
+4. a crash becomes :class:`~vfrt.engines.engine_errors.EngineLoadError` naming the fixes that were
    *tried in a child and worked* (``LD_PRELOAD=<libstdc++>``) and the rebuild with a compiler whose
    libstdc++ is the one this process uses (``CXX=...``).
 """
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from vfrt.engines.engine_dir import EngineLoadError
+from vfrt.engines.engine_errors import EngineLoadError
 from vfrt.engines.fingerprint import JsonStore, cache_dir
 
 log = logging.getLogger(__name__)

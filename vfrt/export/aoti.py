@@ -89,10 +89,19 @@ def check_toolchain(check: LoadabilityCheck | None = None) -> ToolchainReport:
     return ToolchainReport(toolchain, loaded, bool(verdict["ok"]), str(verdict["detail"]), tuple(verdict["preload"]))
 
 
+class ToolchainError(RuntimeError):
+    """The C++ compiler Inductor needs is missing or broken."""
+
+
 def prepare(device: torch.device) -> dict:
-    """Check the toolchain before a build (raises :class:`~vfrt.engines.engine_dir.EngineLoadError` with
-    the fix when this process could not load the packages); returns the manifest's toolchain record."""
-    report = check_toolchain()
+    """Check the toolchain before a build (raises :class:`~vfrt.engines.engine_errors.EngineLoadError` with
+    the fix when this process could not load the packages, :class:`ToolchainError` when the compiler
+    fails); returns the manifest's toolchain record."""
+    try:
+        report = check_toolchain()
+    except Exception as exc:  # noqa: BLE001 - a compiler missing or broken, in whatever way it fails
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise ToolchainError(f"{first}; is a C++ compiler installed ($CXX, else g++)?") from exc
     if not report.ok:
         LoadabilityCheck().ensure(report.toolchain, _probe_package(report.toolchain), rebuild="vfrt build-engines ...")
     return {**report.toolchain.to_dict(), "loaded_libstdcxx": report.loaded or loaded_libstdcxx()}

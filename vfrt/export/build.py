@@ -10,7 +10,10 @@ renamed into place, while a file lock keeps a second process building the same e
 looks complete.
 
 Backends plug in through :data:`EXPORTERS` (one function and one line each), mirroring
-:data:`vfrt.engines.engine_dir.ENGINE_BACKENDS` on the loading side.
+:data:`vfrt.engines.engine_dir.ENGINE_BACKENDS` on the loading side: ``aoti`` (AOTInductor packages),
+``onnxruntime`` (ONNX graphs), ``tensorrt`` (TensorRT / TensorRT-RTX plans built from ONNX graphs).
+Engines for a CUDA device can be built on a machine without one where the backend allows it
+(TensorRT-RTX): the networks are traced on the CPU, and the build cannot verify what it cannot run.
 """
 from __future__ import annotations
 
@@ -26,23 +29,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Any, Callable, Literal, Mapping, get_args
 
 import torch
 from torch import nn
 
 from vfrt.engines.config import TORCH_DTYPES, EngineConfig, Precision
 from vfrt.engines.engine_cache import checkpoint_entry, engine_key
-from vfrt.engines.engine_dir import (MANIFEST_NAME, BackendLoader, EngineError, Manifest, NetworkEntry, Platform,
-                                     backend_loader, check_engine_dir, engines_root, read_manifest, write_manifest)
+from vfrt.engines.engine_dir import (MANIFEST_NAME, BackendLoader, CheckpointEntry, EngineError, FileEntry, Manifest, NetworkEntry,
+                                     Platform, backend_loader, check_artifacts, check_engine_dir, engines_root,
+                                     read_manifest, write_manifest)
 from vfrt.engines.executors import EagerExecutor
 from vfrt.engines.fingerprint import DigestIndex, sha256_file
 from vfrt.engines.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_REFS, NETWORK_NAMES, NetworkSpec, Networks
 from vfrt.hardware import DeviceError, resolve_device
+from vfrt.version import __version__
 
 log = logging.getLogger(__name__)
 
-BackendName = Literal["aoti"]
+BackendName = Literal["aoti", "onnxruntime", "tensorrt"]
 #: the UNet's attention option for exporters: plain SDPA, no context manager in the traced code (each
 #: exporter decides which attention kernel ends up in its artifact)
 TRACED_ATTENTION = "auto"
@@ -59,30 +64,106 @@ class BuildError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ExportedNetwork:
+    """What an exporter wrote for one network.
+
+    Attributes:
+        spec: the spec the artifact was built for (an exporter may narrow an axis it cannot trace).
+        extra_files: files beside the artifact that it needs (e.g. ``unet_step.onnx.data``), names
+            relative to the engine directory; the manifest checks them like the artifact.
+        record: the backend's own record of the build, kept in the manifest for its loader.
+    """
+
+    spec: NetworkSpec
+    extra_files: tuple[str, ...] = ()
+    record: Mapping[str, Any] | None = None
+
+
+def _needs_a_gpu() -> bool:
+    return False
+
+
+def _no_tools_to_import() -> None:
+    return None
+
+
+@dataclass(frozen=True)
 class Exporter:
     """One backend's build side.
 
     Attributes:
         suffix: the artifact's file name suffix.
         prepare: ``device -> toolchain record`` for the manifest; checks the build tools first and
-            raises :class:`~vfrt.engines.engine_dir.EngineLoadError` when their output would not load here.
-        export: ``(spec, module, path, device) -> spec built`` writes one artifact.
+            raises :class:`~vfrt.engines.engine_errors.EngineLoadError` when their output would not load here.
+        export: ``(spec, module, path, device) -> ExportedNetwork`` writes one network's artifact (and its
+            extra files) into the artifact's folder.
+        runs_on: the device kinds the artifacts run on.
+        builds_without_gpu: whether artifacts for a CUDA device can be built here without one.
+        precisions: the precisions the backend builds.
+        check_tools: raises (saying what to install) when a package the build needs does not import;
+            cheap, so a missing package stops a build before the weights are read (:meth:`BuildConfig.resolve`).
     """
 
     suffix: str
     prepare: Callable[[torch.device], dict | None]
-    export: Callable[[NetworkSpec, nn.Module, Path, torch.device], NetworkSpec]
+    export: Callable[[NetworkSpec, nn.Module, Path, torch.device], ExportedNetwork]
+    runs_on: tuple[str, ...] = ("cpu", "cuda")
+    builds_without_gpu: Callable[[], bool] = _needs_a_gpu
+    precisions: tuple[str, ...] = get_args(Precision)
+    check_tools: Callable[[], object] = _no_tools_to_import
 
 
 def _aoti() -> Exporter:
     from vfrt.export import aoti
-    return Exporter(aoti.SUFFIX, aoti.prepare, aoti.export_network)
+    return Exporter(aoti.SUFFIX, aoti.prepare, lambda *args: ExportedNetwork(aoti.export_network(*args)))
+
+
+def _onnxruntime() -> Exporter:
+    from vfrt.export import onnx
+
+    def export(spec: NetworkSpec, module: nn.Module, path: Path, device: torch.device) -> ExportedNetwork:
+        artifact = onnx.export_engine_network(spec, module, path, device)
+        return ExportedNetwork(spec, artifact.extra_files, artifact.to_dict())
+    return Exporter(onnx.SUFFIX, onnx.prepare, export, precisions=get_args(onnx.GraphPrecision), check_tools=onnx.tools)
+
+
+def _tensorrt() -> Exporter:
+    from vfrt.export.onnx import GraphPrecision
+    from vfrt.export.tensorrt import PlanExporter
+    plans = PlanExporter()
+
+    def export(spec: NetworkSpec, module: nn.Module, path: Path, device: torch.device) -> ExportedNetwork:
+        return ExportedNetwork(spec, (), plans.export(spec, module, path, device).to_dict())
+    return Exporter(plans.suffix, plans.prepare, export, runs_on=("cuda",), builds_without_gpu=plans.builds_without_gpu,
+                    precisions=get_args(GraphPrecision), check_tools=plans.check_tools)
 
 
 #: backend name -> its exporter, imported only when used. A backend adds one function and one line.
 EXPORTERS: dict[str, Callable[[], Exporter]] = {
     "aoti": _aoti,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
 }
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Where a build's engines run and where it happens (:meth:`BuildConfig.resolve`).
+
+    Attributes:
+        device: the device the engines are for (the manifest's platform).
+        build_device: where the networks are traced and exported: ``device``, or the CPU when
+            engines for a CUDA device are built without one (then nothing can be verified here).
+        precision: the compute precision.
+    """
+
+    device: torch.device
+    build_device: torch.device
+    precision: Precision
+
+    @property
+    def runs_here(self) -> bool:
+        return self.device == self.build_device
 
 
 @dataclass(frozen=True)
@@ -119,16 +200,34 @@ class BuildConfig:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1023:
                 raise BuildError(f"{name} must be an integer in 1..1023, got {value!r}")
 
-    def resolve(self) -> tuple[torch.device, Precision]:
-        """The device (checked present) and the precision for it."""
+    def resolve(self) -> BuildTarget:
+        """The device (checked present, or buildable without it), the build device and the precision for it;
+        refuses when the backend's packages do not import."""
+        exporter = EXPORTERS[self.backend]()
         try:
-            device = resolve_device(self.device)
+            exporter.check_tools()
+        except Exception as exc:  # noqa: BLE001 - each backend's own "not installed" error, with what to install
+            raise BuildError(f"the {self.backend} backend cannot build here: {exc}") from exc
+        try:
+            device = build_device = resolve_device(self.device)
         except DeviceError as exc:
-            raise BuildError(str(exc)) from exc
+            if not (self.device.startswith("cuda") and "cuda" in exporter.runs_on and exporter.builds_without_gpu()):
+                raise BuildError(str(exc)) from exc
+            device, build_device = torch.device("cuda"), torch.device("cpu")
+        if device.type not in exporter.runs_on:
+            if self.device == "auto" and "cuda" in exporter.runs_on and exporter.builds_without_gpu():
+                device = torch.device("cuda")            # no GPU here: build for one
+            else:
+                raise BuildError(f"{self.backend} engines run on {' or '.join(exporter.runs_on)}, not {device.type}"
+                                 + (f"; PyTorch sees no CUDA GPU here, and the installed {self.backend} tools cannot "
+                                    "build for one without it" if self.device == "auto" else ""))
         precision = self.precision or ("float16" if device.type == "cuda" else "float32")
+        if precision not in exporter.precisions:
+            raise BuildError(f"the {self.backend} backend builds {' or '.join(exporter.precisions)} engines, "
+                             f"not {precision}")
         if device.type == "cpu" and precision != "float32":
             raise BuildError(f"{precision} engines need a CUDA device; build CPU engines in float32")
-        return device, precision
+        return BuildTarget(device, build_device, precision)
 
 
 @dataclass(frozen=True)
@@ -139,6 +238,7 @@ class BuildResult:
     manifest: Manifest
     reused: bool
     seconds: float
+    runs_here: bool = True
 
 
 #: progress callback: (what is happening, steps done, steps in all)
@@ -164,28 +264,28 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
     """
     started = time.perf_counter()
     report = progress or (lambda what, done, total: log.info("%s (%d/%d)", what, done + 1, total))
-    device, precision = build.resolve()
+    where = build.resolve()
+    device, precision = where.device, where.precision
     exporter, loader = EXPORTERS[build.backend](), backend_loader(build.backend)
     digests = DigestIndex()
     report("fingerprinting the checkpoint", 0, _STEPS)
     entry = checkpoint_entry(Path(checkpoint), use_ema=build.use_ema, config=config, digests=digests)
-    platform = Platform.here(device)
+    platform = Platform.here(device) if where.runs_here else Platform.anywhere(device)
     target = Path(out).expanduser() if out is not None else engines_root() / engine_key(
         entry, backend=build.backend, precision=precision, platform=platform, max_refs=build.max_refs,
         max_batch=build.max_batch)
     _refuse_foreign(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock(target):
-        if not build.force and _usable(target, device):
-            return BuildResult(target, read_manifest(target), True, time.perf_counter() - started)
+        if not build.force and _usable(target, build, where, entry, loader):
+            return BuildResult(target, read_manifest(target), True, time.perf_counter() - started, where.runs_here)
         _remove_leftovers(target)
         try:
-            toolchain = exporter.prepare(device)
+            toolchain = exporter.prepare(where.build_device)
         except EngineError as exc:
             raise BuildError(f"this process could not load the engines it would build: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - a compiler missing or broken, in whatever way it fails
-            raise BuildError(f"checking the {build.backend} build tools failed ({_first_line(exc)}); is a C++ "
-                             "compiler installed ($CXX, else g++)?") from exc
+        except Exception as exc:  # noqa: BLE001 - a tool missing or broken, in whatever way it fails
+            raise BuildError(f"checking the {build.backend} build tools failed: {_first_line(exc)}") from exc
         report("loading the weights", 1, _STEPS)
         from vfrt.models import load_zero123
         model = load_zero123(checkpoint, config=config, trust_checkpoint=trust_checkpoint, use_ema=build.use_ema,
@@ -193,7 +293,8 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
         model_config = json.loads(json.dumps(dataclasses.asdict(model.config)))      # as the manifest reads back
         from vfrt.engines.specs import build_networks
         dtype = TORCH_DTYPES[precision]
-        networks = build_networks(model, device, dtype, dtype, channels_last=device.type == "cuda",
+        channels_last = where.build_device.type == "cuda"
+        networks = build_networks(model, where.build_device, dtype, dtype, channels_last=channels_last,
                                   attention=TRACED_ATTENTION, copy_weights=False)
         del model
         specs = networks.specs(max_refs=build.max_refs, max_batch=build.max_batch)
@@ -203,24 +304,29 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
             entries = {}
             for i, name in enumerate(BUILD_ORDER):
                 report(f"exporting {name}", 2 + i, _STEPS)
-                file = name + exporter.suffix
                 try:
-                    built = exporter.export(specs[name], networks.module(name), tmp / file, device)
+                    built = exporter.export(specs[name], networks.module(name), tmp / (name + exporter.suffix),
+                                            where.build_device)
                 except Exception as exc:  # noqa: BLE001 - tracer and compiler errors of every kind
                     raise BuildError(f"exporting {name} ({build.backend}) failed: {_first_line(exc)}") from exc
-                entries[name] = NetworkEntry.from_spec(built, file, sha256_file(tmp / file), (tmp / file).stat().st_size)
+                files = [_file_entry(tmp, f) for f in (name + exporter.suffix, *built.extra_files)]
+                entries[name] = NetworkEntry.from_spec(built.spec, files[0], extra_files=tuple(files[1:]),
+                                                       record=built.record)
+            _refuse_unlisted(tmp, entries.values(), build.backend)
             manifest = Manifest(
                 backend=build.backend, backend_version=loader.version(), precision=precision, vae_precision=precision,
-                channels_last=device.type == "cuda", max_refs=build.max_refs, max_batch=build.max_batch,
+                channels_last=channels_last, max_refs=build.max_refs, max_batch=build.max_batch,
                 platform=platform, checkpoint=entry, model_config=model_config,
                 networks=tuple(entries[n] for n in NETWORK_NAMES), toolchain=toolchain,
                 built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             write_manifest(tmp, manifest)
-            if build.verify:
+            if build.verify and where.runs_here:
                 report("verifying against PyTorch", 2 + len(BUILD_ORDER), _STEPS)
                 errors = verify_engine(manifest, tmp, networks, loader, device, TOLERANCE[precision])
                 manifest = dataclasses.replace(manifest, networks=tuple(
                     dataclasses.replace(n, max_error=errors[n.name]) for n in manifest.networks))
+            elif build.verify:
+                log.warning("%s engines for %s cannot run on this machine: built, not verified", build.backend, device)
             manifest = dataclasses.replace(manifest, build_seconds=round(time.perf_counter() - started, 1))
             write_manifest(tmp, manifest)
             report("publishing", _STEPS - 1, _STEPS)
@@ -228,9 +334,24 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    for n in manifest.networks:        # the hashes are known: later loads need not read the files again
-        digests.record(target / n.file, n.sha256)
-    return BuildResult(target, manifest, False, time.perf_counter() - started)
+    for f in (f for n in manifest.networks for f in n.files()):  # hashes known: later loads need not read the files
+        digests.record(target / f.file, f.sha256)
+    return BuildResult(target, manifest, False, time.perf_counter() - started, where.runs_here)
+
+
+def _file_entry(directory: Path, name: str) -> FileEntry:
+    path = directory / name
+    if not path.is_file():
+        raise BuildError(f"the exporter did not write {name}")
+    return FileEntry(name, sha256_file(path), path.stat().st_size)
+
+
+def _refuse_unlisted(directory: Path, entries, backend: str) -> None:
+    """Everything published is in the manifest (and so checked on every load): refuse strays."""
+    listed = {f.file for n in entries for f in n.files()}
+    stray = sorted(p.name for p in directory.iterdir() if p.name not in listed)
+    if stray:
+        raise BuildError(f"the {backend} exporter left files no network lists: {', '.join(stray)}")
 
 
 def verify_engine(manifest: Manifest, directory: Path, networks: Networks, loader: BackendLoader,
@@ -290,12 +411,32 @@ def _refuse_foreign(target: Path) -> None:
         raise BuildError(f"{target} exists and is not an engine directory; choose another --out")
 
 
-def _usable(target: Path, device: torch.device) -> bool:
-    """Are the engines at ``target`` complete, intact and right for this machine (else they are rebuilt)?"""
+def _usable(target: Path, build: BuildConfig, where: BuildTarget, entry: CheckpointEntry,
+            loader: BackendLoader) -> bool:
+    """Are the engines at ``target`` what this build would make, complete, intact and right for this machine
+    (else they are rebuilt)? Engines for a device that is not here are checked for everything but the device."""
     if not (target / MANIFEST_NAME).exists():
         return False
     try:
-        check_engine_dir(target, EngineConfig(device=str(device)))
+        manifest = read_manifest(target)
+        built = manifest.checkpoint
+        problems = [f"{what} {had} (this build: {want})" for what, had, want in (
+            ("backend", manifest.backend, build.backend), ("precision", manifest.precision, where.precision),
+            ("device", manifest.platform.device, where.device.type), ("max_refs", manifest.max_refs, build.max_refs),
+            ("max_batch", manifest.max_batch, build.max_batch), ("EMA weights", built.use_ema, entry.use_ema),
+            ("weights", built.fingerprint[:12], entry.fingerprint[:12]),
+            ("model config", built.config_sha256, entry.config_sha256)) if had != want]
+        if problems:
+            log.warning("replacing the engines in %s: built with %s", target, "; ".join(problems))
+            return False
+        if where.runs_here:
+            check_engine_dir(target, EngineConfig(device=str(where.device)))
+        else:
+            check_artifacts(manifest, target)
+            if (manifest.platform.vfrt, manifest.backend_version) != (__version__, loader.version()):
+                log.warning("replacing the engines in %s: built by vfrt %s with %s", target, manifest.platform.vfrt,
+                            manifest.backend_version)
+                return False
     except (EngineError, ValueError) as exc:
         log.warning("replacing the engines in %s: %s", target, str(exc).split("; rebuild with")[0])
         return False

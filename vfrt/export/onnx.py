@@ -20,7 +20,9 @@ The precision of a graph is the precision of the modules it was traced from (``b
 from the graph, so an fp16 engine needs an fp16 graph. Spec inputs and outputs declared float32
 stay float32 (images, latents, the noisy latent x).
 
-:func:`export_onnx_engine` is the entry point of the engine directory (``vfrt build-engines``).
+``vfrt build-engines --backend onnxruntime`` exports network by network into its engine directory
+(:func:`export_engine_network`, registered in :data:`vfrt.export.build.EXPORTERS`);
+:func:`export_onnx_engine` exports all six into a folder and returns their records (Python API).
 """
 from __future__ import annotations
 
@@ -122,6 +124,11 @@ class OnnxArtifact:
     export_seconds: float
     tolerance: float
     max_error: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def extra_files(self) -> tuple[str, ...]:
+        """The files beside the model (its external weight data, if any)."""
+        return tuple(f for f in self.files if f != self.model)
 
     def to_dict(self) -> dict:
         """JSON-friendly record (what an engine manifest keeps)."""
@@ -347,6 +354,41 @@ def compare_with_torch(path: str | Path, module: nn.Module, spec: NetworkSpec, p
     return max(scaled_error(got[name], want[name]) for name in spec.output_names)
 
 
+def compare_points(path: str | Path, module: nn.Module, spec: NetworkSpec, config: OnnxExportConfig, *,
+                   device=None) -> dict[str, float]:
+    """{profile point: :func:`compare_with_torch` error} at each of ``config.compare_at``."""
+    errors = {}
+    for point in config.compare_at:
+        errors[point] = compare_with_torch(path, module, spec, point, seed=config.seed, device=device)
+        log.info("%s at %s: ONNX Runtime vs PyTorch scaled error %.2e (tolerance %.0e)", spec.name, point,
+                 errors[point], TOLERANCE[module_precision(module)])
+    return errors
+
+
+def _export_compared(module: nn.Module, spec: NetworkSpec, out_dir: Path, config: OnnxExportConfig,
+                     device) -> tuple[OnnxArtifact, list[str]]:
+    """Export and compare one network: (its artifact with ``max_error``, the points beyond the tolerance)."""
+    artifact = export_network(module, spec, out_dir, config, device=device)
+    errors = compare_points(Path(out_dir) / artifact.model, module, spec, config, device=device)
+    failures = [f"{spec.name} at {point}: {error:.3g} > {artifact.tolerance:g}" for point, error in errors.items()
+                if not error <= artifact.tolerance]
+    return OnnxArtifact(**{**asdict(artifact), "files": artifact.files, "max_error": errors}), failures
+
+
+def export_checked(module: nn.Module, spec: NetworkSpec, out_dir: str | Path, config: OnnxExportConfig | None = None,
+                   *, device=None) -> OnnxArtifact:
+    """:func:`export_network`, then the comparison at ``config.compare_at`` (recorded in ``max_error``).
+
+    Raises:
+        OnnxExportError: see :func:`export_network`.
+        OnnxMismatchError: ONNX Runtime differs from PyTorch beyond :data:`TOLERANCE` (the files stay).
+    """
+    artifact, failures = _export_compared(module, spec, Path(out_dir), config or OnnxExportConfig(), device)
+    if failures:
+        raise OnnxMismatchError("ONNX Runtime differs from PyTorch beyond the tolerance: " + "; ".join(failures))
+    return artifact
+
+
 def export_networks(networks: Networks, specs: Mapping[str, NetworkSpec], out_dir: str | Path,
                     config: OnnxExportConfig | None = None, *, names: tuple[str, ...] = NETWORK_NAMES,
                     device=None) -> dict[str, OnnxArtifact]:
@@ -361,17 +403,8 @@ def export_networks(networks: Networks, specs: Mapping[str, NetworkSpec], out_di
     out: dict[str, OnnxArtifact] = {}
     failures = []
     for name in names:
-        module = networks.module(name)
-        artifact = export_network(module, specs[name], out_dir, config, device=device)
-        errors = {}
-        for point in config.compare_at:
-            errors[point] = compare_with_torch(Path(out_dir) / artifact.model, module, specs[name], point,
-                                               seed=config.seed, device=device)
-            log.info("%s at %s: ONNX Runtime vs PyTorch scaled error %.2e (tolerance %.0e)", name, point,
-                     errors[point], artifact.tolerance)
-            if not errors[point] <= artifact.tolerance:
-                failures.append(f"{name} at {point}: {errors[point]:.3g} > {artifact.tolerance:g}")
-        out[name] = OnnxArtifact(**{**asdict(artifact), "files": artifact.files, "max_error": errors})
+        out[name], beyond = _export_compared(networks.module(name), specs[name], Path(out_dir), config, device)
+        failures += beyond
     if failures:
         raise OnnxMismatchError("ONNX Runtime differs from PyTorch beyond the tolerance: " + "; ".join(failures))
     return out
@@ -404,3 +437,55 @@ def check_precision(networks: Networks, precision: str) -> None:
     if actual != precision:
         raise ValueError(f"precision {precision!r} asked for, but the networks were built in {actual}: "
                          f"build them with dtype=torch.{precision}")
+
+
+# ------------------------------------------------------------ the `onnxruntime` backend of `vfrt build-engines`
+#: file name suffix of an exported graph (weights past 2 GiB go beside it, to ``<name>.onnx.data``)
+SUFFIX = ".onnx"
+#: how ``vfrt build-engines --backend onnxruntime`` exports: no comparison here, since the build then
+#: verifies the engine in ONNX Runtime on the device it runs on, at the smallest and largest sizes
+ENGINE_EXPORT = OnnxExportConfig(compare_at=())
+
+
+def tools(config: OnnxExportConfig = ENGINE_EXPORT) -> dict:
+    """The export tools (onnx, ONNX Runtime, the exporter) as a manifest records them.
+
+    Raises:
+        OnnxExportError: onnx or ONNX Runtime is not installed (with what to install).
+    """
+    from vfrt.engines.executors.onnxruntime import OnnxRuntimeUnavailableError, import_onnxruntime
+    try:
+        import onnx
+    except ImportError as exc:
+        raise OnnxExportError("ONNX export needs the onnx package: pip install 'vfrt[onnx]'") from exc
+    try:
+        ort = import_onnxruntime()
+    except OnnxRuntimeUnavailableError as exc:
+        raise OnnxExportError(f"ONNX export checks its graphs in ONNX Runtime: {exc}") from exc
+    return {"exporter": config.resolved_exporter(), "opset": config.opset, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__}
+
+
+def prepare(device) -> dict:
+    """Check the export tools, and ONNX Runtime's provider for ``device`` (the build verifies the graphs
+    there), before a build; returns the manifest's toolchain record.
+
+    Raises:
+        OnnxExportError: onnx or ONNX Runtime missing, or no CUDA provider for CUDA engines.
+    """
+    from vfrt.engines.executors.onnxruntime import runtime_problems
+    record = tools(ENGINE_EXPORT)
+    problems = runtime_problems(torch.device(device))
+    if problems:
+        raise OnnxExportError(f"{'; '.join(problems)}; or build CPU engines (--device cpu)")
+    return record
+
+
+def export_engine_network(spec: NetworkSpec, module: nn.Module, path: Path, device,
+                          config: OnnxExportConfig | None = None) -> OnnxArtifact:
+    """Export one network of an engine directory to ``path`` (``<directory>/<network>.onnx``, with its
+    ``.onnx.data`` beside it when the weights need one); ``config`` default: :data:`ENGINE_EXPORT`."""
+    path = Path(path)
+    if path.name != spec.name + SUFFIX:
+        raise ValueError(f"the {spec.name} graph is written as {spec.name}{SUFFIX}, not {path.name}")
+    return export_checked(module, spec, path.parent, config or ENGINE_EXPORT, device=device)

@@ -15,7 +15,9 @@ dynamic axes (min/opt/max rows for the UNet step). The parsed network's inputs a
 checked against the spec before building; a plan is written under a temporary name and renamed
 when complete.
 
-:func:`build_tensorrt_engine` is the entry point of the engine directory (``vfrt build-engines``).
+``vfrt build-engines --backend tensorrt`` builds network by network into its engine directory
+(:class:`PlanExporter`, registered in :data:`vfrt.export.build.EXPORTERS`); :func:`build_tensorrt_engine`
+builds all six into a folder and returns their records (Python API).
 """
 from __future__ import annotations
 
@@ -31,14 +33,14 @@ from typing import Literal
 import torch
 
 from vfrt.engines.executors.tensorrt import (PlanInfo, TensorRTUnavailableError, capability_name, import_tensorrt,
-                                             io_problems, make_logger, torch_dtype)
+                                             io_problems, make_logger, rtx_targets, torch_dtype)
 from vfrt.engines.specs import NETWORK_NAMES, NetworkSpec, Networks
-from vfrt.export.onnx import OnnxArtifact, OnnxExportConfig, check_precision, export_networks
+from vfrt.export.onnx import OnnxExportConfig, check_precision, export_checked, tools
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TensorRTBuildConfig", "TensorRTBuildError", "TensorRTUnavailableError", "build_plan",
-           "build_tensorrt_engine", "profile_shapes", "target_capabilities"]
+__all__ = ["PlanExporter", "TensorRTBuildConfig", "TensorRTBuildError", "TensorRTUnavailableError", "build_plan",
+           "build_tensorrt_engine", "profile_shapes", "rtx_targets", "target_capabilities"]
 
 
 class TensorRTBuildError(RuntimeError):
@@ -81,19 +83,6 @@ class TensorRTBuildConfig:
 def _is_capability(text) -> bool:
     parts = str(text).split(".")
     return len(parts) == 2 and all(p.isdigit() for p in parts)
-
-
-def rtx_targets(trt) -> dict[str, object]:
-    """{"8.6": ComputeCapability.SM86, ...}: the targets a TensorRT-RTX module can build for; {} for TensorRT."""
-    enum = getattr(trt, "ComputeCapability", None)
-    if enum is None:
-        return {}
-    out = {}
-    for name, member in enum.__members__.items():
-        digits = name[2:]
-        if name.startswith("SM") and digits.isdigit() and len(digits) >= 2:
-            out[f"{int(digits[:-1])}.{digits[-1]}"] = member
-    return out
 
 
 def target_capabilities(trt, requested: tuple[str, ...] | None, device_capability: tuple[int, int] | None
@@ -214,25 +203,14 @@ def _save_timing_cache(cache, path: Path) -> None:
 def build_plans(networks: Networks, specs: dict[str, NetworkSpec], out_dir: Path, device,
                 config: TensorRTBuildConfig | None = None, names: tuple[str, ...] = NETWORK_NAMES
                 ) -> dict[str, PlanInfo]:
-    """Export (``out_dir/onnx``), check and compare every network in ``names``, then build ``out_dir/<name>.plan``."""
+    """Export (``out_dir/onnx`` with ``keep_onnx``, else a temporary folder), check and compare every network in
+    ``names``, and build ``out_dir/<name>.plan`` from each graph (:class:`PlanExporter`)."""
     config = config or TensorRTBuildConfig()
-    trt = import_tensorrt(config.flavour)
-    device = torch.device(device)
-    here = torch.cuda.get_device_capability(device) if device.type == "cuda" and torch.cuda.is_available() else None
-    targets = target_capabilities(trt, config.compute_capabilities, here)
     out_dir = Path(out_dir)
-    onnx_dir = out_dir / "onnx"
-    artifacts: dict[str, OnnxArtifact] = export_networks(networks, specs, onnx_dir, config.onnx, names=names,
-                                                         device=device)
-    gpu = torch.cuda.device(device) if here is not None else contextlib.nullcontext()
-    try:
-        with gpu:                   # TensorRT builds on the current CUDA device
-            return {name: build_plan(trt, onnx_dir / artifact.model, specs[name], out_dir / f"{name}.plan", targets,
-                                     config, artifact.to_dict())
-                    for name, artifact in artifacts.items()}
-    finally:
-        if not config.keep_onnx:
-            shutil.rmtree(onnx_dir, ignore_errors=True)
+    exporter = PlanExporter(config, onnx_dir=out_dir / "onnx" if config.keep_onnx else None)
+    exporter.prepare(device)
+    return {name: exporter.export(specs[name], networks.module(name), out_dir / f"{name}.plan", device)
+            for name in names}
 
 
 # ---------------------------------------------------------------------- adapter for the engine directory
@@ -252,3 +230,75 @@ def build_tensorrt_engine(networks: Networks, specs: dict[str, NetworkSpec], out
     check_precision(networks, precision)
     plans = build_plans(networks, specs, out_dir, device, config)
     return {name: info.to_dict() for name, info in plans.items()}
+
+
+# ------------------------------------------------------------ the `tensorrt` backend of `vfrt build-engines`
+class PlanExporter:
+    """Plans one network at a time (``vfrt build-engines``, :func:`build_plans`): the network's ONNX graph
+    (exported, checked and compared with PyTorch in ONNX Runtime), then the plan built from it.
+
+    :meth:`prepare` chooses the flavour and the targets once (see :class:`TensorRTBuildConfig`);
+    :meth:`export` builds each plan for them. The graphs go to ``onnx_dir`` when given, else to a
+    temporary folder beside the plan, removed once the plan is built.
+    """
+
+    suffix = ".plan"
+
+    def __init__(self, config: TensorRTBuildConfig | None = None, onnx_dir: Path | None = None):
+        self.config = config or TensorRTBuildConfig()
+        self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
+        self._trt = None
+        self._targets: tuple[str, ...] = ()
+
+    def check_tools(self) -> None:
+        """Raise :class:`TensorRTUnavailableError` / :class:`~vfrt.export.onnx.OnnxExportError` (with what to
+        install) unless a TensorRT flavour, onnx and ONNX Runtime import."""
+        import_tensorrt(self.config.flavour)
+        tools(self.config.onnx)
+
+    def builds_without_gpu(self) -> bool:
+        """Can plans be built here for GPUs that are not here (an installed TensorRT-RTX)?"""
+        try:
+            return bool(rtx_targets(import_tensorrt(self.config.flavour)))
+        except TensorRTUnavailableError:
+            return False
+
+    def prepare(self, device) -> dict:
+        """Choose the flavour and the targets for plans built on ``device`` (where the graphs are traced; a
+        CUDA device is the GPU the plans are for, unless the config names targets); returns the record of
+        the build tools (flavour, version, targets, ONNX tools) for the manifest.
+
+        Raises:
+            TensorRTUnavailableError: no flavour installed. TensorRTBuildError: no target fits (TensorRT
+                without a GPU; TensorRT-RTX on a GPU it cannot target). OnnxExportError: onnx / ONNX Runtime missing.
+        """
+        trt = import_tensorrt(self.config.flavour)
+        device = torch.device(device)
+        here = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        targets = target_capabilities(trt, self.config.compute_capabilities, here)
+        if here is not None and self.config.compute_capabilities is None and capability_name(here) not in targets:
+            raise TensorRTBuildError(
+                f"{trt.__name__} {trt.__version__} cannot build plans for this GPU (compute capability "
+                f"{capability_name(here)}; it targets {', '.join(rtx_targets(trt))}): use TensorRT "
+                "(pip install 'vfrt[tensorrt]') or another backend here; TensorRT-RTX plans for RTX GPUs also "
+                "build on a machine without a GPU")
+        record = {"flavour": trt.__name__, "version": trt.__version__, "compute_capabilities": list(targets),
+                  "onnx": tools(self.config.onnx)}
+        self._trt, self._targets = trt, targets
+        return record
+
+    def export(self, spec: NetworkSpec, module, path: Path, device) -> PlanInfo:
+        """Export ``module`` (the network of ``spec``) to ONNX and build the plan ``path`` from it."""
+        if self._trt is None:
+            raise RuntimeError("PlanExporter.prepare() chooses the flavour and the targets: call it first")
+        path = Path(path)
+        work = self.onnx_dir or path.parent / f".onnx-{spec.name}"
+        try:
+            artifact = export_checked(module, spec, work, self.config.onnx, device=device)
+            gpu = torch.cuda.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+            with gpu:                   # TensorRT builds on the current CUDA device
+                return build_plan(self._trt, work / artifact.model, spec, path, self._targets, self.config,
+                                  artifact.to_dict())
+        finally:
+            if self.onnx_dir is None:
+                shutil.rmtree(work, ignore_errors=True)

@@ -3,13 +3,15 @@
 * :class:`EagerExecutor`    - the PyTorch module as it is (the reference for every other executor).
 * :class:`CompiledExecutor` - the module through ``torch.compile`` (dynamic rows), eager if compiling fails.
 
-A new backend (an AOTInductor package, an ONNX Runtime session, a TensorRT engine) is one more
-executor of the same specs: docs/ARCHITECTURE.md walks through the eager one.
+Built engines (``vfrt build-engines``) run through one more executor per backend, each in its own
+module imported only when used: :mod:`.aoti` (AOTInductor packages), :mod:`.onnxruntime` (ONNX
+Runtime sessions), :mod:`.tensorrt` (TensorRT / TensorRT-RTX plans). docs/ARCHITECTURE.md walks
+through the eager one.
 """
 from __future__ import annotations
 
-from vfrt.engines.executors.base import Executor, ExecutorBase, ExecutorStateError
+from vfrt.engines.executors.base import Executor, ExecutorBase, ExecutorLoadError, ExecutorStateError
 from vfrt.engines.executors.compiled import CompiledExecutor
 from vfrt.engines.executors.eager import EagerExecutor
 
-__all__ = ["Executor", "ExecutorBase", "ExecutorStateError", "EagerExecutor", "CompiledExecutor"]
+__all__ = ["Executor", "ExecutorBase", "ExecutorLoadError", "ExecutorStateError", "EagerExecutor", "CompiledExecutor"]

@@ -14,15 +14,12 @@ kept in the step's static buffers) feeds the next without a copy; the caller own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from vfrt.engines.executors.base import ExecutorBase
 from vfrt.engines.specs import NetworkSpec
-
-if TYPE_CHECKING:
-    from vfrt.engines.engine_dir import Manifest
 
 #: file name suffix of an AOTInductor package
 SUFFIX = ".pt2"
@@ -94,13 +91,13 @@ def load_package(path: Path, input_names: Sequence[str], *, run_single_threaded:
     return run
 
 
-def load_executors(manifest: "Manifest", directory: Path, device: torch.device) -> dict[str, AOTIExecutor]:
-    """The engine's six executors (not loaded yet), after making sure this process can load the packages
-    (:mod:`vfrt.engines.toolchain`: raises :class:`~vfrt.engines.engine_dir.EngineLoadError` instead of crashing)."""
+def load_executors(packages: Mapping[str, Path], specs: Mapping[str, NetworkSpec], device: torch.device, *,
+                   toolchain: Mapping[str, Any] | None, rebuild: str) -> dict[str, AOTIExecutor]:
+    """The executors (not loaded yet) of ``packages`` ({network: its ``.pt2`` file}), after making sure this
+    process can load packages built with ``toolchain`` (the manifest's record; :mod:`vfrt.engines.toolchain`
+    probes the smallest package in a child and raises :class:`~vfrt.engines.engine_errors.EngineLoadError`
+    with the fix and ``rebuild`` instead of crashing)."""
     from vfrt.engines.toolchain import LoadabilityCheck, Toolchain
-    directory = Path(directory)
-    smallest = min(manifest.networks, key=lambda n: n.size)
-    toolchain = Toolchain.from_dict(manifest.toolchain) if manifest.toolchain else None
-    LoadabilityCheck().ensure(toolchain, directory / smallest.file, manifest.rebuild_command(directory))
-    specs = manifest.specs()
-    return {n.name: AOTIExecutor(specs[n.name], directory / n.file, device) for n in manifest.networks}
+    smallest = min(packages.values(), key=lambda path: Path(path).stat().st_size)
+    LoadabilityCheck().ensure(Toolchain.from_dict(toolchain) if toolchain else None, Path(smallest), rebuild)
+    return {name: AOTIExecutor(specs[name], Path(path), device) for name, path in packages.items()}

@@ -24,6 +24,11 @@ class ExecutorStateError(RuntimeError):
     """An executor was used before ``load()`` or after ``close()``."""
 
 
+class ExecutorLoadError(RuntimeError):
+    """An executor could not load its artifact: the runtime it needs is missing, or refuses the file.
+    Each backend's load errors derive from it, so an engine load reports them in one way."""
+
+
 @runtime_checkable
 class Executor(Protocol):
     """What the engine needs of a way to run one network."""

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import torch
 
-from vfrt.engines.executors.base import ExecutorBase
+from vfrt.engines.executors.base import ExecutorBase, ExecutorLoadError
 from vfrt.engines.specs import NetworkSpec, SpecMismatchError
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)", torch.int64: "tensor(int64)"}
 
 
-class OnnxRuntimeUnavailableError(RuntimeError):
+class OnnxRuntimeUnavailableError(ExecutorLoadError):
     """ONNX Runtime, or the execution provider a device needs, is not installed."""
 
 
-class OnnxRuntimeLoadError(RuntimeError):
+class OnnxRuntimeLoadError(ExecutorLoadError):
     """An ONNX model could not be loaded into a session for its spec (missing file, wrong inputs or outputs)."""
 
 
@@ -236,3 +236,26 @@ def load_onnxruntime_executors(engine_dir: Path, artifacts: Mapping[str, Mapping
         raise OnnxRuntimeLoadError(f"ONNX engine in {engine_dir} is incomplete: " + "; ".join(problems))
     return {name: OnnxRuntimeExecutor(specs[name], engine_dir / record["model"], device)
             for name, record in artifacts.items()}
+
+
+# ---------------------------------------------------------------------- the engine directory's backend
+def backend_version() -> str:
+    """The ONNX Runtime here, as a manifest records it (the one that verified the build)."""
+    try:
+        return f"onnxruntime {import_onnxruntime().__version__}"
+    except OnnxRuntimeUnavailableError:
+        return "onnxruntime not installed"
+
+
+def runtime_problems(device: torch.device) -> list[str]:
+    """What keeps ONNX graphs from running on ``device`` here: ONNX Runtime missing, or its CUDA provider
+    for a CUDA device. The graphs themselves do not depend on the GPU, the torch build or the ONNX
+    Runtime version that checked them (a newer ONNX Runtime reads older opsets), so none is compared."""
+    try:
+        ort = import_onnxruntime()
+    except OnnxRuntimeUnavailableError as exc:
+        return [str(exc)]
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return [f"ONNX Runtime {ort.__version__} here has no CUDA provider (it has "
+                f"{', '.join(ort.get_available_providers())}): pip install 'vfrt[onnx-gpu]'"]
+    return []

@@ -23,11 +23,11 @@ import importlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 import torch
 
-from vfrt.engines.executors.base import ExecutorBase
+from vfrt.engines.executors.base import ExecutorBase, ExecutorLoadError
 from vfrt.engines.specs import NetworkSpec, SpecMismatchError
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfl
                 "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8}
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(ExecutorLoadError):
     """No TensorRT flavour (or not the one a plan needs) is installed."""
 
 
-class TensorRTLoadError(RuntimeError):
+class TensorRTLoadError(ExecutorLoadError):
     """A plan could not be loaded: missing or unreadable file, no CUDA device, inputs/outputs unlike the spec."""
 
 
@@ -71,6 +71,20 @@ def import_tensorrt(flavour: str = "auto"):
 def capability_name(capability: tuple[int, int]) -> str:
     """(8, 6) -> "8.6"."""
     return f"{capability[0]}.{capability[1]}"
+
+
+def rtx_targets(trt) -> dict[str, object]:
+    """{"8.6": ComputeCapability.SM86, ...}: the targets a TensorRT-RTX module can build for; {} for TensorRT
+    (which builds for the GPU it runs on)."""
+    enum = getattr(trt, "ComputeCapability", None)
+    if enum is None:
+        return {}
+    out = {}
+    for name, member in enum.__members__.items():
+        digits = name[2:]
+        if name.startswith("SM") and digits.isdigit() and len(digits) >= 2:
+            out[f"{int(digits[:-1])}.{digits[-1]}"] = member
+    return out
 
 
 def make_logger(trt):
@@ -290,3 +304,53 @@ def load_tensorrt_executors(engine_dir: Path, artifacts: Mapping[str, Mapping], 
     if problems:
         raise TensorRTLoadError(f"TensorRT engine in {engine_dir} is incomplete: " + "; ".join(problems))
     return {name: TensorRTExecutor(specs[name], engine_dir / info.plan, info, device) for name, info in infos.items()}
+
+
+# ---------------------------------------------------------------------- the engine directory's backend
+def backend_version() -> str:
+    """The TensorRT flavour and version that loads plans here ("auto": TensorRT, else TensorRT-RTX)."""
+    try:
+        trt = import_tensorrt()
+    except TensorRTUnavailableError:
+        return "TensorRT not installed"
+    return f"{trt.__name__} {trt.__version__}"
+
+
+def plan_problems(records: Mapping[str, Mapping], device: torch.device) -> list[str]:
+    """Why the plans of ``records`` ({network: its :class:`PlanInfo` record}) cannot run on the CUDA
+    ``device``, from the records alone (nothing is deserialized): a record is incomplete, the flavour
+    that built them does not import here, or :func:`check_plan_compatible` refuses them (another
+    version, or this GPU's compute capability is not among their targets).
+
+    Plans built together share flavour, version and targets, so each such group is checked once.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return [f"TensorRT plans run on a CUDA device, not {device.type}"]
+    problems, groups = [], {}
+    for name, record in records.items():
+        try:
+            info = PlanInfo.from_dict(record)
+        except TensorRTLoadError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        groups.setdefault((info.flavour, info.version, info.compute_capabilities), info)
+    return problems + _group_problems(groups.values(), tuple(torch.cuda.get_device_capability(device)))
+
+
+def _group_problems(infos: Iterable[PlanInfo], capability: tuple[int, int]) -> list[str]:
+    problems = []
+    for info in infos:
+        try:
+            trt = import_tensorrt(info.flavour)
+        except TensorRTUnavailableError as exc:
+            problems.append(f"the plans were built by {info.flavour} {info.version}, which does not import here: {exc}")
+            continue
+        try:
+            check_plan_compatible(info, trt.__name__, trt.__version__, capability)
+        except PlanIncompatibleError as exc:
+            here, known = capability_name(capability), rtx_targets(trt)
+            hint = (f" ({trt.__name__} cannot target compute capability {here} at all: on this GPU use TensorRT, "
+                    "pip install 'vfrt[tensorrt]', or --backend aoti / onnxruntime)") if known and here not in known else ""
+            problems.append(f"{exc}{hint}")
+    return problems
