@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
@@ -114,6 +115,10 @@ int main(int argc, char** argv) {
     return usage_error(exc.what());
   }
 
+  if (std::filesystem::exists(values["--out"]) && !overwrite) {  // before any work, as `vfrt run`
+    std::cerr << "vfrt-orbit: " << values["--out"] << " already exists; choose another --out or pass --overwrite [io]\n";
+    return 1;
+  }
   try {
     const vfrt::Image input = vfrt::load_png(image_path);
     vfrt::Engine engine(values["--engines"], engine_options);
