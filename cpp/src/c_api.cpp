@@ -218,7 +218,7 @@ vfrt_status vfrt_result_timing(const vfrt_result* result, vfrt_timing* timing) {
   return call([&] {
     require(result != nullptr && timing != nullptr, "result and timing must not be NULL");
     const vfrt::Timing& t = result->result.timing;
-    *timing = vfrt_timing{t.encode, t.condition, t.denoise, t.denoise_launch, t.decode, t.total, t.steps,
+    *timing = vfrt_timing{t.encode, t.condition, t.denoise, t.denoise_launch, t.denoise_device, t.decode, t.total, t.steps,
                           t.graph_captures};
   });
 }

@@ -42,4 +42,18 @@ class StepGraphs {
 /// The graph cache of device `index` (Status::runtime when this build has no CUDA).
 std::unique_ptr<StepGraphs> make_step_graphs(int index);
 
+/// Device time between two points of the current stream of one GPU (a pair of CUDA events), so the
+/// host's launch time and the GPU's execution time of the same steps can be told apart.
+class DeviceTimer {
+ public:
+  virtual ~DeviceTimer() = default;
+  virtual void start() = 0;
+  virtual void stop() = 0;
+  /// Seconds the GPU spent between start() and stop() (waits for stop() to be reached).
+  virtual double seconds() = 0;
+};
+
+/// The timer of device `index` (Status::runtime when this build has no CUDA).
+std::unique_ptr<DeviceTimer> make_device_timer(int index);
+
 }  // namespace vfrt::detail

@@ -187,6 +187,7 @@ class StepRunner {
   StepRunner(const Executor& unet, const at::Device& device, bool graphs)
       : unet_(unet), device_(device), min_call_rows_(std::max(kMinCallRows, unet.spec().axis("rows").min)) {
     if (graphs) graphs_ = make_step_graphs(device.index());
+    if (device.is_cuda()) timer_ = make_device_timer(device.index());
   }
 
   /// Copy the view's inputs into the buffers; the next replay starts at step 0.
@@ -214,16 +215,18 @@ class StepRunner {
     steps_ = S;
   }
 
-  /// Run the loaded view's S steps; returns the host seconds spent launching them. `captures` counts
-  /// the graphs captured on the way (the first view of each row count).
-  double replay(int& captures) {
+  /// Run the loaded view's S steps, adding to `timing`: the host seconds spent launching them, the
+  /// GPU seconds they took (CUDA events; waits for them) and the graphs captured on the way (the
+  /// first view of each row count).
+  void replay(Timing& timing) {
     if (graphs_ && !graphs_->captured(static_cast<int>(call_rows_))) {
       const at::Tensor saved_x = x_.clone(), saved_step = step_.clone();
       graphs_->capture(static_cast<int>(call_rows_), [this] { body(); });
       x_.copy_(saved_x);
       step_.copy_(saved_step);
-      ++captures;
+      ++timing.graph_captures;
     }
+    if (timer_) timer_->start();
     const auto start = Clock::now();
     for (std::int64_t i = 0; i < steps_; ++i) {
       if (graphs_) {
@@ -232,7 +235,11 @@ class StepRunner {
         body();
       }
     }
-    return seconds_since(start);
+    timing.denoise_launch += seconds_since(start);
+    if (timer_) {
+      timer_->stop();
+      timing.denoise_device += timer_->seconds();
+    }
   }
 
   /// The view's latent after the steps run, (1, C, h, w) float32 (a copy the caller owns).
@@ -282,6 +289,7 @@ class StepRunner {
   at::Device device_;
   std::int64_t min_call_rows_;
   std::unique_ptr<StepGraphs> graphs_;
+  std::unique_ptr<DeviceTimer> timer_;
   at::Tensor x_, step_, mix_, h0_, consts_, emb_table_, coefficients_, noise_;
   std::int64_t call_rows_ = 0, steps_ = 0;
 };
@@ -526,7 +534,7 @@ class Engine::Impl {
       timing.condition += seconds_since(t0);
 
       t0 = Clock::now();
-      timing.denoise_launch += step_->replay(timing.graph_captures);
+      step_->replay(timing);
       if (device_.is_cuda()) cuda_synchronize(device_.index());
       timing.denoise += seconds_since(t0);
       timing.steps += static_cast<int>(S);

@@ -102,7 +102,7 @@ typedef struct vfrt_view {
 } vfrt_view;
 
 typedef struct vfrt_timing {
-  double encode, condition, denoise, denoise_launch, decode, total; /* seconds */
+  double encode, condition, denoise, denoise_launch, denoise_device, decode, total; /* seconds: as vfrt::Timing */
   int steps;
   int graph_captures;
 } vfrt_timing;

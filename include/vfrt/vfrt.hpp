@@ -129,13 +129,14 @@ struct View {
   std::array<double, 16> camera_to_world{};
 };
 
-/// Where the time of one generation went (seconds); host overhead per step = denoise_launch / steps
-/// when the device is busy (CUDA), since launching is asynchronous there.
+/// Where the time of one generation went (seconds). On CUDA, launching is asynchronous: the host's
+/// cost per step is denoise_launch / steps (graph replays), the GPU's is denoise_device / steps.
 struct Timing {
   double encode = 0.0;          ///< CLIP + VAE encoder of reference views (each once)
   double condition = 0.0;       ///< conditioning network per target view
-  double denoise = 0.0;         ///< all UNet steps, until the latents were ready
+  double denoise = 0.0;         ///< all UNet steps, until the latents were ready (wall)
   double denoise_launch = 0.0;  ///< host time spent launching them (graph replays or eager kernels)
+  double denoise_device = 0.0;  ///< GPU time of the same steps, CUDA events (0 on the CPU)
   double decode = 0.0;          ///< VAE decoder + copy to the host
   double total = 0.0;
   int steps = 0;                ///< UNet steps run (views x schedule length)

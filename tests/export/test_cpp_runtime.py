@@ -13,6 +13,7 @@ here) and compared with Python:
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import os
 import shutil
@@ -36,33 +37,30 @@ STATUS = {"ok": 0, "invalid_argument": 1, "corrupt_engine": 2, "engine_mismatch"
           "noise": 6, "cancelled": 7, "runtime": 8, "io": 9}
 
 
-@dataclass(frozen=True)
-class CppBuild:
-    directory: Path
-    install: Path
-    seconds: float
-
-    def program(self, name: str) -> Path:
-        return self.directory / name
+_path = ROOT / "benchmarks" / "bench_cpp.py"
+_spec = importlib.util.spec_from_file_location("bench_cpp", _path)
+bench_cpp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_cpp)
 
 
 @pytest.fixture(scope="session")
-def cpp_build(tmp_path_factory) -> CppBuild:
-    """Configure, build and install libvfrt, the examples and the C++ tests (a minute or two on 2 cores)."""
-    cmake, cxx = shutil.which("cmake"), shutil.which(os.environ.get("CXX", "c++"))
-    if cmake is None or cxx is None:
-        pytest.skip(f"the C++ runtime needs CMake and a C++ compiler (cmake: {cmake}, c++: {cxx})")
-    build = tmp_path_factory.mktemp("cpp_build")
-    install = tmp_path_factory.mktemp("cpp_install")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    t0 = time.perf_counter()
-    for cmd in ([cmake, "-S", str(ROOT), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DPython3_EXECUTABLE={sys.executable}", f"-DCMAKE_INSTALL_PREFIX={install}"],
-                [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)],
-                [cmake, "--install", str(build)]):
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return CppBuild(build, install, time.perf_counter() - t0)
+def cpp_build(tmp_path_factory, aoti_engines):
+    """Configure (Release), build (-j2) and install libvfrt, the examples and the C++ tests: about a minute
+    on 2 cores. Built with the compiler that built the engines' packages (one toolchain); skipped, saying
+    why, when CMake, the compiler or a system package is missing (.ci/run installs them)."""
+    manifest = json.loads((aoti_engines.directory / "manifest.json").read_text())
+    try:
+        return bench_cpp.build_cpp(tmp_path_factory.mktemp("cpp_build"), jobs=2, cxx=bench_cpp.compiler_of(manifest),
+                                   install=tmp_path_factory.mktemp("cpp_install"))
+    except bench_cpp.CppBuildUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def cpp_install(cpp_build) -> Path:
+    import re
+    cache = (cpp_build.directory / "CMakeCache.txt").read_text()
+    return Path(re.search(r"^CMAKE_INSTALL_PREFIX:PATH=(.*)$", cache, re.M).group(1))
 
 
 # ------------------------------------------------------------------------------------------ the C API via ctypes
@@ -201,7 +199,6 @@ def _python_engines(aoti_engines):
 def test_the_cpp_tests_pass(cpp_build):
     out = subprocess.run([str(cpp_build.program("vfrt_unit_tests"))], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith(" 0 failed"), out.stdout + out.stderr
-    print(f"CMake configure + build + install: {cpp_build.seconds:.0f} s")
 
 
 def test_schedule_coefficients_and_plans_equal_python(cpp_build):
@@ -435,7 +432,7 @@ int main(int argc, char** argv) {
 """
 
 
-def test_the_readme_lines_build_against_the_installed_package(cpp_build, aoti_engines, input_png, tmp_path):
+def test_the_readme_lines_build_against_the_installed_package(cpp_install, aoti_engines, input_png, tmp_path):
     """find_package(vfrt) + target_link_libraries: a user's project needs no torch headers (C++17)."""
     project = tmp_path / "app"
     project.mkdir()
@@ -443,7 +440,7 @@ def test_the_readme_lines_build_against_the_installed_package(cpp_build, aoti_en
         "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\nset(CMAKE_CXX_STANDARD 17)\n"
         "find_package(vfrt REQUIRED)\nadd_executable(app main.cpp)\ntarget_link_libraries(app PRIVATE vfrt::vfrt)\n")
     (project / "main.cpp").write_text(README_PROGRAM)
-    for cmd in (["cmake", "-S", str(project), "-B", str(project / "build"), f"-DCMAKE_PREFIX_PATH={cpp_build.install}"],
+    for cmd in (["cmake", "-S", str(project), "-B", str(project / "build"), f"-DCMAKE_PREFIX_PATH={cpp_install}"],
                 ["cmake", "--build", str(project / "build")]):
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -451,3 +448,18 @@ def test_the_readme_lines_build_against_the_installed_package(cpp_build, aoti_en
                           str(tmp_path / "out")], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "3 views", res.stdout + res.stderr
     assert (tmp_path / "out" / "transforms.json").is_file()
+
+
+def test_bench_cpp_runs_on_the_cpu(cpp_build, aoti_engines, tmp_path, capsys):
+    """benchmarks/bench_cpp.py end to end on the tiny engines (the lead runs it full size on one GPU): the
+    build step reuses the session's build folder, the Python worker and vfrt-bench run as fresh processes."""
+    out = tmp_path / "cpp.json"
+    code = bench_cpp.main(["--engines", str(aoti_engines.directory), "--work", str(tmp_path / "work"), "--build-dir",
+                           str(cpp_build.directory), "--jobs", "2", "--views", "4", "--steps", "4", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert code == 0 and res["agreement"]["first_view_max_abs"] <= SAME_ENGINE_TOLERANCE
+    assert res["toolchain"]["first_attempt"] == "loads" and res["cpp"]["graphs"] is False
+    assert [r["generated"] for r in res["cpp"]["runs"]] == [3, 3] and len(res["python"]["orbits"]) == 2
+    warm = res["cpp"]["runs"][-1]
+    assert warm["unet_steps"] == 3 * 3 and warm["denoise_device"] == 0.0 and 0 < warm["denoise_launch"] <= warm["total"]
+    assert "C++ vs Python, first view, same draws" in capsys.readouterr().out
