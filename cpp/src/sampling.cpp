@@ -10,6 +10,7 @@
 #include <cmath>
 #include <numeric>
 #include <sstream>
+#include <utility>
 
 #include "vfrt/vfrt.hpp"
 
@@ -39,6 +40,20 @@ void check_temps(double inference_temp, double auto_temp) {
 std::vector<float> to_vector(const at::Tensor& t) {
   at::Tensor c = t.contiguous().to(at::kFloat);
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+/// The plan of one view: its pose, the kept references (slot ids), their weights (K,) and pose
+/// conditions (K, 4) as float32 tensors.
+ViewPlan make_plan(double polar, double azimuth, double radius, std::vector<std::int64_t> references,
+                   const at::Tensor& weights, const at::Tensor& pose_conditions) {
+  ViewPlan plan;
+  plan.polar = polar;
+  plan.azimuth = azimuth;
+  plan.radius = radius;
+  plan.references = std::move(references);
+  plan.weights = to_vector(weights);
+  plan.pose_conditions = to_vector(pose_conditions);
+  return plan;
 }
 
 }  // namespace
@@ -181,12 +196,7 @@ std::vector<ViewPlan> plan_orbit(int n_views, int generate, double inference_tem
     T.select(1, 1).copy_(at::sin(rot_t));
     T.select(1, 2).copy_(at::cos(rot_t));
     T = T.index_select(0, index);
-    ViewPlan plan;
-    plan.azimuth = view_angle;
-    plan.references = valid_index;
-    plan.weights = to_vector(w);
-    plan.pose_conditions = to_vector(T);
-    plans.push_back(std::move(plan));
+    plans.push_back(make_plan(0.0, view_angle, 0.0, valid_index, w, T));
     anchors.push_back(view_angle);
   }
   return plans;
@@ -244,14 +254,7 @@ std::vector<ViewPlan> plan_single(double delta_polar, double delta_azimuth, doub
                               rot_t.select(1, 2)},
                              1)
                        .index_select(0, index);
-    ViewPlan plan;
-    plan.polar = view_angle[0];
-    plan.azimuth = view_angle[1];
-    plan.radius = view_angle[2];
-    plan.references = valid_index;
-    plan.weights = to_vector(w);
-    plan.pose_conditions = to_vector(T);
-    plans.push_back(std::move(plan));
+    plans.push_back(make_plan(view_angle[0], view_angle[1], view_angle[2], valid_index, w, T));
     anchors.push_back(view_angle);
   }
   return plans;
