@@ -29,16 +29,26 @@ def _nvidia_roots() -> list[str]:
     return [r for r in roots if os.path.isdir(r)]
 
 
-def cuda_runtime() -> tuple[str, str]:
-    """(the folder holding cuda_runtime_api.h, the libcudart shared library), or ("", "")."""
-    include, library = "", ""
+def cuda_runtime() -> tuple[list[str], str]:
+    """(include folders: the one holding cuda_runtime_api.h first, then every other CUDA include folder
+    found; the libcudart shared library). The wheel's nvidia-* packages come before CUDA_HOME, so the
+    libcudart linked is the one torch itself loads (the same soname is loaded once)."""
+    includes, library = [], ""
     for root in [*_nvidia_roots(), *_cuda_home_dirs()]:
-        if not include and os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h")):
-            include = os.path.join(root, "include")
+        include = os.path.join(root, "include")
+        if os.path.isdir(include) and include not in includes:
+            first = os.path.isfile(os.path.join(include, "cuda_runtime_api.h")) and not any(
+                os.path.isfile(os.path.join(i, "cuda_runtime_api.h")) for i in includes)
+            if first:
+                includes.insert(0, include)
+            else:
+                includes.append(include)
         if not library:
             found = sorted(glob.glob(os.path.join(root, "lib*", "libcudart.so*")))
             library = found[0] if found else ""
-    return include, library
+    if not any(os.path.isfile(os.path.join(i, "cuda_runtime_api.h")) for i in includes):
+        includes = []
+    return includes, library
 
 
 def main() -> int:
@@ -48,7 +58,8 @@ def main() -> int:
     lines = {"prefix": torch.utils.cmake_prefix_path, "dir": torch_dir, "version": torch.__version__,
              "cuda": torch.version.cuda or "", "cxx11_abi": str(int(torch.compiled_with_cxx11_abi()))}
     if torch.version.cuda:
-        lines["cuda_include"], lines["cudart"] = cuda_runtime()
+        includes, lines["cudart"] = cuda_runtime()
+        lines["cuda_include"] = ";".join(includes)     # a CMake list
     for key, value in lines.items():
         print(f"{key}={value}")
     return 0

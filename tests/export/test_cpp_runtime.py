@@ -315,6 +315,9 @@ def test_bad_inputs_return_a_status_and_a_message_and_this_process_goes_on(vfrt_
     status, msg = status_of(lambda: vfrt_c.open(stale))
     assert status == STATUS["engine_mismatch"] and "built with torch 2.0.0" in msg and "built by vfrt 0.0.1" in msg
     assert rebuild in msg
+    other_backend = copy("tensorrt", lambda d: d.update(backend="tensorrt", backend_version="10.0"))
+    status, msg = status_of(lambda: vfrt_c.open(other_backend))
+    assert status == STATUS["engine_mismatch"] and "backend 'tensorrt' is not available" in msg and "loads aoti" in msg
     gpu = copy("gpu", lambda d: d["platform"].update(device="cuda", gpu_name="NVIDIA H200", compute_capability="9.0"))
     status, msg = status_of(lambda: vfrt_c.open(gpu))
     assert status == STATUS["engine_mismatch"] and ("CPU-only libtorch" in msg or "no CUDA device" in msg)
