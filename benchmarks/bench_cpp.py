@@ -64,8 +64,10 @@ class CppBuild:
 
 
 def build_cpp(build_dir: Path, *, jobs: int, cxx: str | None = None, targets: tuple[str, ...] = (),
-              install: Path | None = None, python: str = sys.executable, timeout: int = 1200) -> CppBuild:
-    """Configure (Release) and build the C++ runtime; ``targets`` empty: everything (tests and examples).
+              install: Path | None = None, python: str = sys.executable, timeout: int = 1200,
+              cmake_args: tuple[str, ...] = ()) -> CppBuild:
+    """Configure (Release) and build the C++ runtime; ``targets`` empty: everything (tests and examples);
+    ``cmake_args``: more ``-D...`` settings (e.g. ``-DVFRT_TORCH_CMAKE=ON``, docs/CPP.md).
 
     Raises :class:`CppBuildUnavailable` when CMake, the compiler or a dependency CMakeLists.txt names is
     missing (its "vfrt: missing dependency" line), ``RuntimeError`` with the log's tail on any other failure.
@@ -81,6 +83,7 @@ def build_cpp(build_dir: Path, *, jobs: int, cxx: str | None = None, targets: tu
                  f"-DPython3_EXECUTABLE={python}", f"-DCMAKE_CXX_COMPILER={shutil.which(cxx)}"]
     if install is not None:
         configure.append(f"-DCMAKE_INSTALL_PREFIX={install}")
+    configure += list(cmake_args)
     build = [cmake, "--build", str(build_dir), "-j", str(jobs), *[a for t in targets for a in ("--target", t)]]
     steps = [configure, build] + ([[cmake, "--install", str(build_dir)]] if install is not None else [])
     t0 = time.perf_counter()
@@ -214,7 +217,7 @@ def measure(args) -> dict:
 
     say(f"building the C++ runtime into {args.build_dir or work / 'cpp_build'} (-j{args.jobs})")
     build = build_cpp(Path(args.build_dir) if args.build_dir else work / "cpp_build", jobs=args.jobs,
-                      cxx=compiler_of(manifest), targets=("vfrt-bench",))
+                      cxx=compiler_of(manifest), targets=("vfrt-bench",), cmake_args=tuple(args.cmake_arg))
     res["build"] = {"seconds": round(build.seconds, 1), "cxx": build.cxx, "dir": str(build.directory)}
     save()
     bench = build.program("vfrt-bench")
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="cpp_bench.json")
     parser.add_argument("--build-dir", help="CMake build folder (default <work>/cpp_build)")
     parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--cmake-arg", action="append", default=[], help="more CMake settings, as --cmake-arg=-DVFRT_TORCH_CMAKE=ON")
     parser.add_argument("--views", type=int, default=36)
     parser.add_argument("--steps", type=int, default=75)
     parser.add_argument("--seed", type=int, default=0)
