@@ -60,3 +60,29 @@ def test_load_errors(tmp_path):
              step_noise_v00=np.zeros((3, 1, 4, 2, 2), np.float32))
     with pytest.raises(NoiseBankError, match="expected"):
         NoiseBank.load(tmp_path / "k.npz")
+
+
+def test_noise_directory_round_trip_and_errors(tmp_path):
+    """The raw format the C++ runtime reads and records (noise.json + little-endian float32 files)."""
+    import json
+    b = _bank(np.random.default_rng(2))
+    folder = b.save_raw(tmp_path / "noise")
+    index = json.loads((folder / "noise.json").read_text())
+    assert index["format"] == "vfrt-noise-raw" and index["views"][2]["step_noise_shape"] == [4, 3, 4, 2, 2]
+    assert (folder / "step_noise_v02.f32").stat().st_size == 4 * 3 * 4 * 2 * 2 * 4
+    for loaded in (NoiseBank.load_raw(folder), NoiseBank.load(folder)):      # load() takes a directory too
+        for a, c in zip(b.x_T + b.step_noise, loaded.x_T + loaded.step_noise):
+            np.testing.assert_array_equal(a, c)
+    b.save_raw(folder)                                   # a noise directory is replaced, anything else is not
+    (tmp_path / "other").mkdir()
+    with pytest.raises(NoiseBankError, match="not a noise directory"):
+        b.save_raw(tmp_path / "other")
+    with open(folder / "x_T_v01.f32", "r+b") as f:
+        f.truncate(8)
+    with pytest.raises(NoiseBankError, match="x_T_v01.f32 holds 2 floats"):
+        NoiseBank.load_raw(folder)
+    (folder / "noise.json").write_text('{"format": "other"}')
+    with pytest.raises(NoiseBankError, match="not a 'vfrt-noise-raw' version 1 index"):
+        NoiseBank.load_raw(folder)
+    with pytest.raises(NoiseBankError, match="no readable noise.json"):
+        NoiseBank.load_raw(tmp_path / "other")

@@ -9,10 +9,20 @@ Noise-bank file (``.npz``):
     K               int64   (V,)              per-step draws of view v: its reference count, or 1
                                               when one draw is shared by all references
     step_noise_vXX  float32 (S, K_v, 4, h, w) per-step, per-reference draws (XX: zero-padded v)
+
+Noise directory (the same arrays as raw little-endian float32 files: what the C++ runtime reads and
+records, so both runtimes can be fed the same noise; :meth:`NoiseBank.save_raw`, :meth:`NoiseBank.load_raw`)::
+
+    noise.json            {"format": "vfrt-noise-raw", "version": 1, "dtype": "float32", "byte_order": "little",
+                           "views": [{"x_T": "x_T_v00.f32", "x_T_shape": [1, C, h, w],
+                                      "step_noise": "step_noise_v00.f32", "step_noise_shape": [S, K, C, h, w]}]}
+    x_T_vXX.f32, step_noise_vXX.f32   C order
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -28,6 +38,11 @@ class NoiseBankError(ValueError):
 
 def _step_key(v: int) -> str:
     return f"step_noise_v{v:02d}"
+
+
+#: the index of a noise directory (:meth:`NoiseBank.save_raw`)
+RAW_INDEX = "noise.json"
+RAW_FORMAT = "vfrt-noise-raw"
 
 
 @dataclass
@@ -70,9 +85,70 @@ class NoiseBank:
                 os.unlink(tmp)
         return path
 
+    def save_raw(self, directory: str | os.PathLike) -> Path:
+        """Write the bank as a noise directory (module docstring): raw float32 files and a JSON index,
+        into a temporary sibling renamed into place. An existing noise directory there is replaced."""
+        directory = Path(directory)
+        if len(self.x_T) != len(self.step_noise):
+            raise NoiseBankError("x_T and step_noise must hold the same number of views")
+        if directory.exists() and not (directory / RAW_INDEX).is_file():
+            raise NoiseBankError(f"{directory} exists and is not a noise directory; choose another path")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            views = []
+            for v, (x, steps) in enumerate(zip(self.x_T, self.step_noise)):
+                entry = {"x_T": f"x_T_v{v:02d}.f32", "x_T_shape": list(x.shape),
+                         "step_noise": f"{_step_key(v)}.f32", "step_noise_shape": list(steps.shape)}
+                np.ascontiguousarray(x, dtype="<f4").tofile(tmp / entry["x_T"])
+                np.ascontiguousarray(steps, dtype="<f4").tofile(tmp / entry["step_noise"])
+                views.append(entry)
+            (tmp / RAW_INDEX).write_text(json.dumps({"format": RAW_FORMAT, "version": 1, "dtype": "float32",
+                                                     "byte_order": "little", "views": views}, indent=1))
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    @classmethod
+    def load_raw(cls, directory: str | os.PathLike) -> "NoiseBank":
+        """Read a noise directory (:meth:`save_raw`, or one the C++ runtime recorded)."""
+        directory = Path(directory)
+        try:
+            index = json.loads((directory / RAW_INDEX).read_text())
+        except (OSError, ValueError) as exc:
+            raise NoiseBankError(f"{directory} is not a noise directory (no readable {RAW_INDEX})") from exc
+        if not isinstance(index, dict) or index.get("format") != RAW_FORMAT or index.get("version") != 1 \
+                or index.get("dtype") != "float32" or index.get("byte_order") != "little":
+            raise NoiseBankError(f"{directory / RAW_INDEX} is not a '{RAW_FORMAT}' version 1 index")
+        bank = cls()
+        try:
+            for entry in index["views"]:
+                for file, shape, out in ((entry["x_T"], entry["x_T_shape"], bank.x_T),
+                                         (entry["step_noise"], entry["step_noise_shape"], bank.step_noise)):
+                    if Path(file).name != file:
+                        raise NoiseBankError(f"{directory}: file name {file!r} is not plain")
+                    data = np.fromfile(directory / file, dtype="<f4")
+                    if data.size != int(np.prod(shape)):
+                        raise NoiseBankError(f"{directory / file} holds {data.size} floats, its shape {tuple(shape)} "
+                                             f"needs {int(np.prod(shape))}")
+                    out.append(data.reshape(shape).astype(np.float32))
+        except (KeyError, TypeError, OSError) as exc:
+            raise NoiseBankError(f"{directory / RAW_INDEX} is malformed ({type(exc).__name__}: {exc})") from exc
+        for v, (x, steps) in enumerate(zip(bank.x_T, bank.step_noise)):
+            if x.ndim != 4 or x.shape[0] != 1 or steps.ndim != 5 or steps.shape[2:] != x.shape[1:]:
+                raise NoiseBankError(f"{directory}: view {v} has x_T {x.shape} and step noise {steps.shape}")
+        return bank
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NoiseBank":
+        """A run's ``noise.npz``, or a noise directory (:meth:`load_raw`)."""
         path = Path(path)
+        if path.is_dir():
+            return cls.load_raw(path)
         if not path.is_file():
             raise NoiseBankError(f"noise bank not found: {path}")
         if not zipfile.is_zipfile(path):
