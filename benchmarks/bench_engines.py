@@ -430,7 +430,7 @@ def worker_fidelity(args, work: Path) -> dict:
     img = image.to(dev, torch.float32)
     with torch.no_grad():
         clip, latent = nets.clip_image(img), nets.vae_encoder(img)
-        pose = torch.as_tensor(plan.T, dtype=torch.float32, device=dev).reshape(1, 4)
+        pose = torch.as_tensor(plan.pose_conditions, dtype=torch.float32, device=dev).reshape(1, 4)
         cond_in = {"clip": torch.cat([torch.zeros_like(clip), clip]), "pose": torch.cat([torch.zeros_like(pose), pose]),
                    "latent": torch.cat([torch.zeros_like(latent), latent]), "keep": torch.tensor([0.0, 1.0], device=dev)}
         consts32, h0_32 = nets.conditioning(**cond_in)

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import site
 import sys
 
 
+def _system_toolkits() -> list[str]:
+    """Where Linux CUDA installers put toolkits, newest version first."""
+    return ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+
+
 def _cuda_home_dirs() -> list[str]:
+    """CUDA toolkits: $CUDA_HOME, $CUDA_PATH, the one holding ``nvcc`` on PATH, /usr/local/cuda(-*)."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None,
+                  *_system_toolkits()]
     out = []
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root and os.path.isdir(root):
+    for root in candidates:
+        if (root and os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h"))
+                and os.path.realpath(root) not in map(os.path.realpath, out)):
             out.append(root)
     return out
 
@@ -46,7 +58,10 @@ def cuda_runtime() -> tuple[list[str], str]:
         if not library:
             found = sorted(glob.glob(os.path.join(root, "lib*", "libcudart.so*")))
             library = found[0] if found else ""
-    if not any(os.path.isfile(os.path.join(i, "cuda_runtime_api.h")) for i in includes):
+    # cuda_runtime.h (which torch's CUDA headers include) needs crt/host_config.h: a wheel's nvidia
+    # include folder can lack it (torch 2.11+cu130's did on the H200), a toolkit's has it
+    if not all(any(os.path.isfile(os.path.join(i, h)) for i in includes)
+               for h in ("cuda_runtime_api.h", os.path.join("crt", "host_config.h"))):
         includes = []
     return includes, library
 

@@ -419,3 +419,15 @@ def test_plain_progress_lines_show_the_step_within_a_view():
     finally:
         click.echo = real
     assert "view 0/?, step 3/76 of the next" in lines[0] and "view 1/35" in lines[1] and "ETA" in lines[1]
+
+
+def test_missing_animation_writers_are_refused_before_the_model_loads(tiny_checkpoint, photo, tmp_path,
+                                                                       no_model_load, monkeypatch):
+    """A source checkout without imageio-ffmpeg once generated a whole orbit and then failed on orbit.mp4."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "o"))
+    assert res.exit_code == 2, res.output
+    assert "imageio-ffmpeg is not installed" in res.output and "pip install imageio-ffmpeg" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()

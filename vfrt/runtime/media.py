@@ -60,6 +60,20 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str] | None = N
     return sheet
 
 
+def require_media_tools() -> None:
+    """Raise :class:`MediaError` unless the GIF and MP4 writers' packages import.
+
+    Both are dependencies of vfrt; a run checks them before any work (a source checkout run without
+    ``pip install`` lacked imageio-ffmpeg and failed only after generating every view)."""
+    import importlib.util
+    missing = [pkg for mod, pkg in (("imageio", "imageio"), ("imageio_ffmpeg", "imageio-ffmpeg"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise MediaError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
+                         f"(orbit.gif / orbit.mp4 need {'it' if len(missing) == 1 else 'them'}): "
+                         f"pip install {' '.join(missing)}")
+
+
 def write_gif(path: Path, frames: Sequence[np.ndarray], frame_ms: int = FRAME_MS) -> None:
     """A looping GIF of ``frames``."""
     import imageio.v3 as iio

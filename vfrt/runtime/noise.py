@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from vfrt.atomic import atomic_folder
 
 
 class NoiseBankError(ValueError):
@@ -93,9 +94,7 @@ class NoiseBank:
             raise NoiseBankError("x_T and step_noise must hold the same number of views")
         if directory.exists() and not (directory / RAW_INDEX).is_file():
             raise NoiseBankError(f"{directory} exists and is not a noise directory; choose another path")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_folder(directory) as tmp:
             views = []
             for v, (x, steps) in enumerate(zip(self.x_T, self.step_noise)):
                 entry = {"x_T": f"x_T_v{v:02d}.f32", "x_T_shape": list(x.shape),
@@ -105,12 +104,6 @@ class NoiseBank:
                 views.append(entry)
             (tmp / RAW_INDEX).write_text(json.dumps({"format": RAW_FORMAT, "version": 1, "dtype": "float32",
                                                      "byte_order": "little", "views": views}, indent=1))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     @classmethod

@@ -38,7 +38,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from vfrt.runtime.media import MediaError, contact_sheet, write_gif, write_mp4
+from vfrt.atomic import atomic_folder
+from vfrt.runtime.media import MediaError, contact_sheet, require_media_tools, write_gif, write_mp4
 from vfrt.runtime.noise import NoiseBank
 from vfrt.runtime.preprocess import PreparedImage, prepare_image, to_uint8
 from vfrt.runtime.sampler import SamplerConfig
@@ -150,9 +151,14 @@ def check_output_folder(out: Path, fingerprint: dict, *, overwrite: bool, resume
     * ``out`` exists and ``overwrite`` is False;
     * ``out.partial`` holds an unfinished run with other settings while ``resume`` is True (its finished
       views are never deleted silently: pass ``resume=False`` - CLI ``--no-resume`` - to discard them);
-    * the folder cannot be created (a probe directory is made and removed next to it).
+    * the folder cannot be created (a probe directory is made and removed next to it);
+    * the animation writers' packages are missing (:func:`vfrt.runtime.media.require_media_tools`).
     """
     out = Path(out)
+    try:
+        require_media_tools()
+    except MediaError as exc:
+        raise RunError(str(exc)) from exc
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; choose another --out or pass --overwrite")
     partial = out.with_name(out.name + ".partial")
@@ -436,20 +442,12 @@ def save_result(result, folder: str | Path, *, elevation: float = 30.0, overwrit
     if not -90.0 <= elevation <= 90.0:
         raise ValueError(f"elevation must be within -90..90 degrees, got {elevation:g}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        with atomic_folder(out) as tmp:
+            _write_outputs(tmp, result, elevation)
+            (tmp / "run.json").write_text(json.dumps({**_result_meta(result, result.seconds), "elevation": elevation},
+                                                     indent=2))
     except OSError as exc:
         raise RunError(f"cannot write the output folder {out}: {exc.strerror or exc}") from exc
-    try:
-        _write_outputs(tmp, result, elevation)
-        (tmp / "run.json").write_text(json.dumps({**_result_meta(result, result.seconds), "elevation": elevation},
-                                                 indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
