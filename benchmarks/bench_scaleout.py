@@ -113,7 +113,9 @@ def run_processes(jobs: list[PhotoJob], spec: WorkerSpec, count: int, gpu: bool)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
     workers, outcomes, startup = [], [], None
-    while len(outcomes) < len(jobs):
+    # every worker reports ready exactly once, even one that found the queue empty (a fast worker can take
+    # all the photos before a slow one has loaded): wait for all of them, or start-up goes unmeasured
+    while len(outcomes) < len(jobs) or len(workers) < count:
         kind, item = results.get(timeout=1800)
         if kind == "ready":
             workers.append(item)
