@@ -67,13 +67,13 @@ def test_fast_engine_with_fused_geglu_matches_reference(tiny_model, image, monke
     """The fused feed-forward inside the fast engine: the same orbit as the reference engine (fp32, CPU)."""
     if DEVICE != "cpu":
         pytest.skip("the fp32 engine comparison runs on the CPU")
-    import vfrt.engines.unet_rewrite as unet_rewrite
+    import vfrt.engines.geglu_triton as geglu_triton
     calls = []
 
     def counted(*args):
         calls.append(args[0].shape)
         return geglu_projection(*args)
-    monkeypatch.setattr(unet_rewrite, "geglu_projection", counted)
+    monkeypatch.setattr(geglu_triton, "geglu_projection", counted)      # read when the engine configures
     sampler = SamplerConfig(steps=6, seed=4)
     ref = Pipeline(tiny_model, EngineConfig(backend="reference", device="cpu")).orbit(
         image, views=36, generate=2, sampler=sampler, preprocess=False)

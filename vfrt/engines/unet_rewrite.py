@@ -33,9 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vfrt.engines.conv_triton import conv2d_small, may_use_triton
-from vfrt.engines.conv_triton import supports as conv_triton_supports
-from vfrt.engines.geglu_triton import geglu_projection
 from vfrt.models.unet import (BasicTransformerBlock, Downsample, ResBlock, SpatialTransformer, Upsample, UNet,
                               timestep_embedding)
 
@@ -191,6 +188,16 @@ class UNetStep(nn.Module):
         if triton_conv and self.memory_format is not torch.channels_last:
             raise ValueError("triton_conv needs channels_last weights")
         self.attention, self.fused_geglu, self.triton_conv = attention, bool(fused_geglu), bool(triton_conv)
+        # the Triton kernel modules are imported only when chosen: importing Triton is start-up time that a
+        # run on built engines (they trace the plain choices) or on the CPU never needs
+        self._geglu_projection = self._conv_supports = self._conv_may_use_triton = self._conv2d_small = None
+        if self.fused_geglu:
+            from vfrt.engines import geglu_triton
+            self._geglu_projection = geglu_triton.geglu_projection
+        if self.triton_conv:
+            from vfrt.engines import conv_triton
+            self._conv_supports, self._conv_may_use_triton = conv_triton.supports, conv_triton.may_use_triton
+            self._conv2d_small = conv_triton.conv2d_small
 
     @property
     def emb_width(self) -> int:
@@ -229,19 +236,20 @@ class UNetStep(nn.Module):
 
     def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         """``conv(x)``: cuDNN, or with ``triton_conv`` the 8x8 / 4x4 3x3 convolutions through
-        :func:`conv2d_small` (the split-reduction kernel at small row counts, cuDNN above)."""
+        :func:`vfrt.engines.conv_triton.conv2d_small` (the split-reduction kernel at small row counts, cuDNN above)."""
         stride, padding, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
-        if self.triton_conv and conv.bias is not None and conv_triton_supports(x.shape, conv.weight.shape, stride,
-                                                                               padding):
+        if self.triton_conv and conv.bias is not None and self._conv_supports(x.shape, conv.weight.shape, stride,
+                                                                              padding):
             ho = (x.shape[-2] + 2 * padding - k) // stride + 1
             wo = (x.shape[-1] + 2 * padding - k) // stride + 1
-            if may_use_triton(x.shape[1], k, ho * wo):   # static sizes pick the convs; the op picks per row count
+            # static sizes pick the convs; the op picks per row count
+            if self._conv_may_use_triton(x.shape[1], k, ho * wo):
                 # channels-last input: under torch.compile the op gets exactly these strides, and Inductor then
                 # writes the producing kernel's output in this layout (the GroupNorm output is NCHW)
                 x = x.contiguous(memory_format=torch.channels_last)
                 if torch.compiler.is_compiling():   # the bias add fuses into the next Inductor kernel
-                    return conv2d_small(x, conv.weight, None, stride, padding) + conv.bias.view(1, -1, 1, 1)
-                return conv2d_small(x, conv.weight, conv.bias, stride, padding)
+                    return self._conv2d_small(x, conv.weight, None, stride, padding) + conv.bias.view(1, -1, 1, 1)
+                return self._conv2d_small(x, conv.weight, conv.bias, stride, padding)
         return F.conv2d(x, conv.weight, conv.bias, stride, padding)
 
     def _resblock(self, rb: ResBlock, x, emb_out):
@@ -285,7 +293,7 @@ class UNetStep(nn.Module):
         if not self.fused_geglu:
             return ff(x)
         proj = ff.net[0].proj
-        return ff.net[2](geglu_projection(x, proj.weight, proj.bias))
+        return ff.net[2](self._geglu_projection(x, proj.weight, proj.bias))
 
     def _self_attention(self, blk: BasicTransformerBlock, x):
         a = blk.attn1

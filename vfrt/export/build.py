@@ -304,11 +304,13 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
             entries = {}
             for i, name in enumerate(BUILD_ORDER):
                 report(f"exporting {name}", 2 + i, _STEPS)
+                exported_from = time.perf_counter()
                 try:
                     built = exporter.export(specs[name], networks.module(name), tmp / (name + exporter.suffix),
                                             where.build_device)
                 except Exception as exc:  # noqa: BLE001 - tracer and compiler errors of every kind
                     raise BuildError(f"exporting {name} ({build.backend}) failed: {_first_line(exc)}") from exc
+                log.info("exported %s (%s) in %.1f s", name, build.backend, time.perf_counter() - exported_from)
                 files = [_file_entry(tmp, f) for f in (name + exporter.suffix, *built.extra_files)]
                 entries[name] = NetworkEntry.from_spec(built.spec, files[0], extra_files=tuple(files[1:]),
                                                        record=built.record)
