@@ -131,7 +131,7 @@ def test_a_failing_export_or_verification_publishes_nothing(tmp_path, tiny_check
         def _load_impl(self):
             self.inner.load()
 
-        def _run_impl(self, inputs):
+        def _run_impl(self, inputs, sizes):
             return {"image": self.inner.run(inputs)["image"] + 0.01}
 
     def load(manifest, directory, device):

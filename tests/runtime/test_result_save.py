@@ -3,24 +3,11 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from vfrt import EngineConfig, Pipeline, SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    img = np.zeros((72, 72, 4), np.uint8)
-    img[..., :3] = rng.integers(0, 255, (72, 72, 3))
-    img[12:60, 18:54, 3] = 255
-    path = tmp_path_factory.mktemp("img") / "thing.png"
-    Image.fromarray(img).save(path)
-    return path
 
 
 def _files(folder: Path) -> dict[str, bytes]:

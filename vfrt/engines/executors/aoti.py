@@ -58,7 +58,7 @@ class AOTIExecutor(ExecutorBase):
     def _close_impl(self) -> None:
         self._run = None
 
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
         outputs = self._run([inputs[name].contiguous() for name in self.spec.input_names])
         return {name: value.contiguous() for name, value in zip(self.spec.output_names, outputs)}
 

@@ -17,7 +17,7 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import torch
 
-from vfrt.engines.specs import NetworkSpec
+from vfrt.engines.specs import NetworkSpec, SpecMismatchError
 
 
 class ExecutorStateError(RuntimeError):
@@ -86,10 +86,10 @@ class ExecutorBase:
         """Run the network on ``inputs`` (named as the spec says); see the module docstring for ownership."""
         if not self.loaded:
             raise ExecutorStateError(f"{self.kind} executor of {self.spec.name} is not loaded: call load() first")
-        self.spec.check_inputs(inputs)
+        sizes = self.spec.check_inputs(inputs)
         ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with ctx, torch.no_grad():
-            results = self._run_impl(inputs)
+            results = self._run_impl(inputs, sizes)
             if outputs is None:
                 return results
             for name, target in outputs.items():
@@ -108,5 +108,12 @@ class ExecutorBase:
     def _close_impl(self) -> None:
         pass
 
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """The outputs for ``inputs``, already checked against the spec; ``sizes``: the axis sizes they imply."""
         raise NotImplementedError
+
+    def _refuse_other_devices(self, inputs: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        """For executors that bind inputs by address: every input must already be on ``device``."""
+        foreign = [name for name, value in inputs.items() if value.device != device]
+        if foreign:
+            raise SpecMismatchError(f"{self.spec.name}: inputs {foreign} are not on {device}")

@@ -47,7 +47,7 @@ class CompiledExecutor(ExecutorBase):
         """The compiled callable (subclasses may compile differently, e.g. benchmarks' Inductor options)."""
         return torch.compile(module, backend=self.backend, dynamic=None)
 
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
         if not self.compiled:
             return self._named(self.module(**inputs))
         for name, dims in self._dynamic.items():

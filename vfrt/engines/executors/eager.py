@@ -25,5 +25,5 @@ class EagerExecutor(ExecutorBase):
         first = next(module.parameters(), None)
         self.capturable = first is not None and first.device.type == "cuda"
 
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
         return self._named(self.module(**inputs))

@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 
 from vfrt.engines.executors.base import ExecutorBase, ExecutorLoadError
-from vfrt.engines.specs import NetworkSpec, SpecMismatchError
+from vfrt.engines.specs import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,8 @@ class OnnxRuntimeExecutor(ExecutorBase):
         self._session = None
 
     # ------------------------------------------------------------------ running
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sizes = self.spec.check_inputs(inputs)
-        foreign = [name for name, value in inputs.items() if value.device != self.device]
-        if foreign:
-            raise SpecMismatchError(f"{self.spec.name}: inputs {foreign} are not on {self.device}")
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        self._refuse_other_devices(inputs, self.device)
         bound = _contiguous(inputs)       # held until the run is done: ONNX Runtime reads them by address
         if self.device.type == "cpu":
             outputs = self._allocate_outputs(sizes)

@@ -256,11 +256,8 @@ class TensorRTExecutor(ExecutorBase):
         self._context = None
         self._engine = None
 
-    def _run_impl(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sizes = self.spec.check_inputs(inputs)
-        foreign = [name for name, value in inputs.items() if value.device != self.device]
-        if foreign:
-            raise SpecMismatchError(f"{self.spec.name}: inputs {foreign} are not on {self.device}")
+    def _run_impl(self, inputs: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        self._refuse_other_devices(inputs, self.device)
         # contiguous copies may be freed on return: the allocator reuses their blocks only for later work
         # on this stream, which runs after the plan
         bound = {name: value.contiguous() for name, value in inputs.items()}
