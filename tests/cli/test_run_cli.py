@@ -419,6 +419,7 @@ def test_plain_progress_lines_show_the_step_within_a_view():
     finally:
         click.echo = real
     assert "view 0/?, step 3/76 of the next" in lines[0] and "view 1/35" in lines[1] and "ETA" in lines[1]
+    assert "ETA after the first view" in lines[0] and "nan" not in lines[0]        # no estimate before a view is done
 
 
 def test_missing_animation_writers_are_refused_before_the_model_loads(tiny_checkpoint, photo, tmp_path,

@@ -399,9 +399,9 @@ class _ViewProgress:
         if self.quiet or (now - self.last_line < self.every and not force):
             return
         self.last_line = now
-        eta = now / done * (total - done) if done and total else float("nan")
+        eta = f"ETA {now / done * (total - done):.0f} s" if done and total else "ETA after the first view"
         where = f"view {done}/{total if total else '?'}" + (f", step {step[0]}/{step[1]} of the next" if step else "")
-        click.echo(f"{self.label}: {where}, {now:.0f} s elapsed, ETA {eta:.0f} s", err=True)
+        click.echo(f"{self.label}: {where}, {now:.0f} s elapsed, {eta}", err=True)
         sys.stderr.flush()
 
 
