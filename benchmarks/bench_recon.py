@@ -8,8 +8,8 @@ Usage::
     python benchmarks/bench_recon.py --objects all --preset quick --skip-hashgrid --out recon_cpu.json
     python benchmarks/bench_recon.py --skip-recon --points 1048576                             # encoding only
 
-Recon: renders a perfect ``--views`` orbit (``--size`` px, elevation 30, SPEC §8 cameras) of each
-object with the project's rasteriser, runs :func:`vfrt.recon.reconstruct` with ``--preset`` (as
+Recon: renders a perfect ``--views`` orbit (``--size`` px, elevation 30, SPEC §8 cameras; with
+``--low-ring E:N`` also N views at elevation E) of each object with the project's rasteriser, runs :func:`vfrt.recon.reconstruct` with ``--preset`` (as
 ``vfrt recon`` does: turntable included) and reports
 
 * ``wall_s``: the whole reconstruct call (load, train, extract, colours, export, turntable;
@@ -128,7 +128,7 @@ def bench_objects(objects: list[str], args: argparse.Namespace, device: torch.de
     for name in objects:
         t = time.perf_counter()
         orbit = write_object_orbit(workdir / f"orbit_{name}", name, args.views, args.size, 30.0, args.ref_spacing,
-                                   str(device))
+                                   str(device), low_ring=args.low_ring)
         log.info("%s: orbit rendered in %.1f s", name, time.perf_counter() - t)
         cfg = ReconConfig.from_preset(args.preset, device=str(device), **_overrides(args.set))
 
@@ -147,6 +147,7 @@ def bench_objects(objects: list[str], args: argparse.Namespace, device: torch.de
         volumes = {fmt: float(trimesh.load(p, force="mesh").volume) for fmt, p in res.mesh_paths.items()}
         rows.append({
             "object": name, "preset": args.preset, "overrides": args.set, "views": args.views, "size": args.size,
+            "low_ring": args.low_ring, "flat_base": json.loads((res.out_dir / "recon.json").read_text())["flat_base"],
             "steps": cfg.steps, "backend": res.backend, "device": res.device,
             "wall_s": res.timings["total"], "cpu_s": cpu, "train_s": res.timings["train"],
             "extract_s": res.timings["extract"], "colour_s": res.timings["colour"], "timings_s": res.timings,
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--objects", default="all", help=f"'all' or a comma list of {', '.join(OBJECTS)}")
     p.add_argument("--views", type=int, default=36)
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--low-ring", default=None, metavar="ELEVATION:VIEWS",
+                   help="also render a second ring, e.g. --low-ring=-15:12 (views from below: the underside is seen)")
     p.add_argument("--preset", default="default", choices=["default", "quick"])
     p.add_argument("--set", default="", help="ReconConfig overrides, e.g. 'steps=1500,mc_resolution=192'")
     p.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh for the metrics")
@@ -207,6 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-recon", action="store_true")
     p.add_argument("--workdir", type=Path, default=None, help="keep orbits/meshes here (default: a temp dir)")
     a = p.parse_args(argv)
+    if a.low_ring:
+        try:
+            elevation, n = a.low_ring.split(":")
+            a.low_ring = (float(elevation), int(n))
+        except ValueError:
+            p.error(f"--low-ring takes ELEVATION:VIEWS, e.g. -15:12 (got {a.low_ring!r})")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(a.device)
     objects = list(OBJECTS) if a.objects == "all" else [s for s in a.objects.split(",") if s]

@@ -28,6 +28,8 @@ def test_quick_preset_end_to_end(tiny_orbit, tmp_path):
     assert json.loads((tmp_path / "out" / "recon.json").read_text())["volume"] > 0
     summary = json.loads((tmp_path / "out" / "recon.json").read_text())
     assert summary["backend"] in ("reference", "triton", "tcnn") and summary["config"]["preset"] == "quick"
+    base = summary["flat_base"]                    # an orbit from 30 degrees above: a floor under the object
+    assert base["up"] == pytest.approx([0.0, 0.0, 1.0], abs=1e-6) and base["volume_below"] >= 0.0
     import trimesh
 
     mesh = trimesh.load(res.mesh_paths["ply"], force="mesh")
@@ -71,7 +73,7 @@ def test_cli_recon_runs(tiny_orbit, tmp_path):
     res = CliRunner().invoke(recon, [str(tiny_orbit), "-o", str(tmp_path / "p"), "--preset", "quick", "--steps", "2",
                                      "--image-size", "16", "--mc-resolution", "16", "--no-turntable",
                                      "--grid-levels", "4", "--grid-log2-table", "12", "--grid-finest", "32", "--psnr",
-                                     "--texture-size", "64"])
+                                     "--texture-size", "64", "--no-flat-base"])
     assert res.exit_code == 0, res.output
     assert "colour PSNR" in res.output
     import trimesh
@@ -84,6 +86,7 @@ def test_cli_recon_runs(tiny_orbit, tmp_path):
     grid = summary["config"]["hashgrid"]
     assert (grid["n_levels"], grid["log2_hashmap_size"], grid["finest_resolution"]) == (4, 12, 32)
     assert summary["volume"] > 0 and summary["colour"]["psnr"] > 0
+    assert summary["flat_base"] is None and summary["config"]["flat_base"] is False
 
 
 def test_same_seed_same_mesh_on_cpu(tiny_orbit, tmp_path):

@@ -100,3 +100,18 @@ def test_mug_has_an_open_cavity():
     pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -0.29], [0.245, 0.0, 0.0], [0.3, 0.0, -0.03 + 0.13]])
     inside = (sdf(pts) < 0).tolist()
     assert inside == [False, True, True, True]  # cavity air, floor, wall, handle top
+
+
+def test_orbit_with_a_low_ring_is_one_folder_the_loader_reads(tmp_path):
+    """``low_ring`` adds a second ring of views (here from below) to the same transforms.json."""
+    from vfrt.recon.data import load_views
+    from vfrt.recon.render_mesh import demo_mesh, write_orbit
+
+    out = write_orbit(tmp_path / "o", demo_mesh("sphere"), n_views=6, image_size=32, elevation_deg=30.0,
+                      low_ring=(-15.0, 4))
+    assert len(list((out / "views").glob("low_*.png"))) == 4 and len(list((out / "views").glob("*.png"))) == 10
+    data = load_views(out)
+    assert data.n_views == 10
+    heights = data.c2w[:, 2, 3] / np.linalg.norm(data.c2w[:, :3, 3], axis=1)      # sin(elevation) of each camera
+    assert heights[:6] == pytest.approx([0.5] * 6, abs=1e-5)
+    assert heights[6:] == pytest.approx([math.sin(math.radians(-15.0))] * 4, abs=1e-5)

@@ -81,6 +81,9 @@ def _device_option(ctx, param, value: str) -> str:
               help=f"Finest hash-grid resolution, >= the base resolution {_grid('finest_resolution')}.")
 @click.option("--no-mixed-precision", is_flag=True, help="Keep the colour network in fp32 on CUDA.")
 @click.option("--no-turntable", is_flag=True, help="Skip the turntable render.")
+@click.option("--no-flat-base", is_flag=True,
+              help="Keep whatever lies below the lowest surface point a view sees (by default it is cut off flat: "
+                   "an orbit from above never sees under the object).")
 @click.option("--reference", "reference_mesh", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Reference mesh: also report Chamfer distance and F-score.")
 @click.option("--psnr", "evaluate_colours", is_flag=True,
@@ -88,7 +91,7 @@ def _device_option(ctx, param, value: str) -> str:
 def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: float | None, steps: int | None,
           image_size: int | None, backend: str, device: str, mc_resolution: int | None, texture_size: int,
           colour_source: str, lr: float | None, seed: int, grid_levels: int | None, grid_log2_table: int | None,
-          grid_finest: int | None, no_mixed_precision: bool, no_turntable: bool, reference_mesh: Path | None,
+          grid_finest: int | None, no_mixed_precision: bool, no_turntable: bool, no_flat_base: bool, reference_mesh: Path | None,
           evaluate_colours: bool) -> None:
     """Reconstruct a coloured mesh with NeuS from the views in INPUT_DIR.
 
@@ -120,7 +123,8 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
         cfg = ReconConfig.from_preset(
             preset, elevation_deg=elevation_deg, steps=steps, image_size=image_size, backend=backend,
             device=device, mc_resolution=mc_resolution, texture_size=texture_size, colour_source=colour_source,
-            lr=lr, seed=seed, hashgrid=grid, mixed_precision=False if no_mixed_precision else None)
+            lr=lr, seed=seed, hashgrid=grid, mixed_precision=False if no_mixed_precision else None,
+            flat_base=False if no_flat_base else None)
         dev = resolve_device(cfg.device)
         from vfrt.recon.hashgrid import resolve_backend
 

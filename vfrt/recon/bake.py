@@ -1,11 +1,8 @@
 """Colours of the extracted mesh: from the input views by visibility, or the radiance field
 seen along the true viewing directions; as vertex colours or a UV texture (xatlas unwrap).
 
-Visibility of a surface point ``p`` (normal ``n``) in view ``i``: it projects inside the image,
-faces the camera (``cos = n . (c_i - p) / |c_i - p| > 0``), lies on the view's foreground
-mask, and is not behind the mesh: its camera depth is at most the smallest rasterised depth
-in the 3x3 pixels around its projection plus a tolerance of ``DEPTH_TOLERANCE_PX`` pixel
-footprints (the 3x3 minimum keeps colours from bleeding across occlusion edges).
+Which views see a surface point: :mod:`vfrt.recon.visibility` (inside the frame, facing the
+camera, on the view's mask, not behind the mesh).
 
 * ``colour_source="views"``: the views' bilinearly sampled colours, averaged with weights
   ``cos^COS_POWER`` (frontal views dominate; grazing ones are blurred by foreshortening).
@@ -32,30 +29,22 @@ import torch.nn.functional as F
 from vfrt.recon.data import ReconData
 from vfrt.recon.fields import NeuSFields
 from vfrt.recon.render_mesh import rasterize
+from vfrt.recon.visibility import iter_view_hits, sample_image
 from vfrt.runtime.cameras import Intrinsics
 
 log = logging.getLogger(__name__)
 
 COS_POWER = 4.0
-DEPTH_TOLERANCE_PX = 3.0
 TEXTURE_PADDING = 4
 
 ColourFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (points, normals, view dirs) -> rgb
-
-
-def _sample(image: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``image`` (H, W, C) at pixel-index coordinates ``u, v`` (M,) -> (M, C)."""
-    h, w = image.shape[:2]
-    grid = torch.stack([(u + 0.5) / w * 2 - 1, (v + 0.5) / h * 2 - 1], -1)[None, None]
-    out = F.grid_sample(image.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0].T
 
 
 @torch.no_grad()
 def visible_colours(points: torch.Tensor, normals: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
                     data: ReconData, source: str = "views", field_colour: ColourFn | None = None,
                     chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean colour of surface points over the views that see them.
+    """Weighted mean colour of surface points over the views that see them (:mod:`vfrt.recon.visibility`).
 
     Args:
         points, normals: (M, 3) float32 on the device; normals unit length, outward.
@@ -66,43 +55,25 @@ def visible_colours(points: torch.Tensor, normals: torch.Tensor, vertices: torch
         colours (M, 3) in [0, 1] (zero where unseen) and the total weight (M,) (0 = no view sees it).
     """
     dev = points.device
-    k: Intrinsics = data.intrinsics
     acc = torch.zeros(points.shape[0], 3, device=dev)
     wsum = torch.zeros(points.shape[0], device=dev)
-    for i in range(data.n_views):
-        c2w = torch.as_tensor(data.c2w[i], dtype=torch.float32, device=dev)
-        w2c = torch.linalg.inv(c2w)
-        depth = rasterize(vertices, faces, w2c, k).depth
-        depth_min = -F.max_pool2d(-depth[None, None], 3, stride=1, padding=1)[0, 0]
-        image = torch.as_tensor(data.images[i], device=dev)
-        mask = torch.as_tensor(data.masks[i], device=dev)[..., None]
-        centre = c2w[:3, 3]
-        for s in range(0, points.shape[0], chunk):
-            p, n = points[s:s + chunk], normals[s:s + chunk]
-            cam = p @ w2c[:3, :3].T + w2c[:3, 3]
-            z = cam[:, 2].clamp_min(1e-6)
-            u = k.fx * cam[:, 0] / z + k.cx - 0.5
-            v = k.fy * cam[:, 1] / z + k.cy - 0.5
-            to_cam = centre - p
-            dist = to_cam.norm(dim=-1).clamp_min(1e-8)
-            cos = (n * to_cam).sum(-1) / dist
-            ui, vi = u.round().long(), v.round().long()
-            inside = (ui >= 0) & (ui < k.width) & (vi >= 0) & (vi < k.height) & (cos > 0) & (cam[:, 2] > 1e-3)
-            d_ref = depth_min[vi.clamp(0, k.height - 1), ui.clamp(0, k.width - 1)]
-            tol = DEPTH_TOLERANCE_PX * z / k.fx + 1e-3
-            seen = inside & (z <= d_ref + tol)
-            seen &= _sample(mask, u, v)[:, 0] > 0.5
-            w = cos.clamp_min(0.0) ** COS_POWER * seen
-            if not bool(seen.any()):
-                continue
-            if source == "views":
-                col = _sample(image, u, v)
-            else:
-                col = torch.zeros_like(p)
-                idx = torch.nonzero(seen).squeeze(1)
-                col[idx] = field_colour(p[idx], n[idx], -to_cam[idx] / dist[idx, None])
-            acc[s:s + chunk] += w[:, None] * col
-            wsum[s:s + chunk] += w
+    image, image_of = None, -1
+    for hit in iter_view_hits(points, normals, vertices, faces, data, chunk):
+        if not bool(hit.seen.any()):
+            continue
+        w = hit.cos.clamp_min(0.0) ** COS_POWER * hit.seen
+        rows = slice(hit.start, hit.start + hit.seen.shape[0])
+        if source == "views":
+            if image_of != hit.view:
+                image, image_of = torch.as_tensor(data.images[hit.view], device=dev), hit.view
+            col = sample_image(image, hit.u, hit.v)
+        else:
+            p, n = points[rows], normals[rows]
+            col = torch.zeros_like(p)
+            idx = torch.nonzero(hit.seen).squeeze(1)
+            col[idx] = field_colour(p[idx], n[idx], -hit.to_camera[idx] / hit.distance[idx, None])
+        acc[rows] += w[:, None] * col
+        wsum[rows] += w
     colours = acc / wsum.clamp_min(1e-12)[:, None]
     return colours.clamp(0.0, 1.0), wsum
 

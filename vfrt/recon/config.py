@@ -117,6 +117,7 @@ class ReconConfig:
     mc_resolution: int = 256  # samples along the longest side of the object's box
     mc_bound: float = 1.0
     min_component_fraction: float = 0.01  # drop pieces smaller than this fraction of the largest (floaters)
+    flat_base: bool = True  # nothing below the lowest surface point a view sees (vfrt/recon/ground.py)
     colour_source: ColourSource = "views"  # bake from the views by visibility, or the radiance field
     texture_size: int = 0  # > 0: also a UV-textured .glb/.obj with a texture of this many texels a side
     turntable_frames: int = 24

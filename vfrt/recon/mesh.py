@@ -8,6 +8,9 @@
   flipped when most face normals disagree with the gradient of the sampled SDF, whatever
   winding the marching-cubes library uses (``test_extracted_mesh_faces_outward`` checks the
   volume sign and the normals on an analytic sphere and box).
+* Flat base (optional, :mod:`vfrt.recon.ground`): the grid is intersected with the half-space
+  above the lowest surface point a view sees, so the hidden cone under an object seen from above
+  is cut off flat.
 * Components: pieces with fewer than ``min_component_fraction`` of the largest piece's faces
   (floaters) are dropped; thin parts that came loose (a chair rung) are kept.
 * Colours: :mod:`vfrt.recon.bake` (from the views by visibility, or the radiance field).
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ import torch
 from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera
 from vfrt.recon.errors import EmptySurfaceError
 from vfrt.recon.fields import NeuSFields
+from vfrt.recon.ground import Floor
 from vfrt.recon.hull import VisualHull
 
 log = logging.getLogger(__name__)
@@ -106,18 +111,28 @@ def drop_small_components(mesh, min_fraction: float):
     return trimesh.util.concatenate(kept)
 
 
-def extract_mesh(fields: NeuSFields, device: torch.device, resolution: int = 256, bound: float = 1.0,
-                 min_component_fraction: float = 0.01, hull: VisualHull | None = None):
-    """Marching cubes of the SDF's zero level set, outward-facing, without colours (``trimesh.Trimesh``).
+@dataclass(frozen=True)
+class SurfaceGrid:
+    """SDF samples ``values`` (X, Y, Z) float32 at ``lo + step * (i, j, k)`` (world units)."""
 
-    ``resolution``: samples along the longest side of the object's box (see module docstring).
+    values: np.ndarray
+    lo: np.ndarray
+    step: float
+
+    def points(self) -> np.ndarray:
+        """(X, Y, Z, 3) world positions of the samples."""
+        axes = [self.lo[k] + self.step * np.arange(n) for k, n in enumerate(self.values.shape)]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+
+
+def surface_grid(fields: NeuSFields, device: torch.device, resolution: int = 256, bound: float = 1.0,
+                 hull: VisualHull | None = None) -> SurfaceGrid:
+    """The SDF on the object-scaled grid: ``resolution`` samples along the longest side of the box
+    that holds the surface (module docstring).
 
     Raises:
         EmptySurfaceError: the SDF does not cross zero inside the volume.
     """
-    import trimesh
-    from skimage import measure
-
     lo, hi = surface_box(fields, bound, device, hull)
     step_len = float((hi - lo).max()) / (resolution - 1)
     shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / step_len).astype(int) + 1, 2))
@@ -125,11 +140,40 @@ def extract_mesh(fields: NeuSFields, device: torch.device, resolution: int = 256
     vol = sdf_grid(fields, lo, hi, shape, device, hull)
     if vol.min() >= 0.0 or vol.max() <= 0.0:
         raise EmptySurfaceError("the SDF has no zero crossing at the surface resolution; raise --mc-resolution")
-    step = np.full(3, step_len)
+    return SurfaceGrid(vol, lo, step_len)
+
+
+def mesh_from_grid(grid: SurfaceGrid, min_component_fraction: float = 0.01, floor: Floor | None = None):
+    """Marching cubes of ``grid``'s zero level set, outward-facing, without colours (``trimesh.Trimesh``);
+    with ``floor``, only the part above it (the base closed flat: :mod:`vfrt.recon.ground`).
+
+    Raises:
+        EmptySurfaceError: nothing is left above ``floor``.
+    """
+    import trimesh
+    from skimage import measure
+
+    vol = grid.values
+    if floor is not None:
+        vol = np.maximum(vol, -floor.signed_height(grid.points()).astype(np.float32))
+        if vol.min() >= 0.0:
+            raise EmptySurfaceError("nothing of the surface lies above the lowest point the views see")
+    step = np.full(3, grid.step)
     verts, faces, _, _ = measure.marching_cubes(vol, level=0.0, spacing=tuple(step))
     faces = orient_outward(verts, faces, vol, np.zeros(3), step)
-    mesh = trimesh.Trimesh(verts + lo, faces, process=True)
+    mesh = trimesh.Trimesh(verts + grid.lo, faces, process=True)
     return drop_small_components(mesh, min_component_fraction)
+
+
+def extract_mesh(fields: NeuSFields, device: torch.device, resolution: int = 256, bound: float = 1.0,
+                 min_component_fraction: float = 0.01, hull: VisualHull | None = None):
+    """Marching cubes of the SDF's zero level set, outward-facing, without colours (``trimesh.Trimesh``):
+    :func:`surface_grid` then :func:`mesh_from_grid`.
+
+    Raises:
+        EmptySurfaceError: the SDF does not cross zero inside the volume.
+    """
+    return mesh_from_grid(surface_grid(fields, device, resolution, bound, hull), min_component_fraction)
 
 
 def export_mesh(mesh, out_dir: str | Path, stem: str = "mesh", formats=MESH_FORMATS, textured=None) -> dict[str, Path]:

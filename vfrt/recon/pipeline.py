@@ -95,7 +95,8 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     Raises :class:`~vfrt.recon.errors.ReconError` subclasses on bad input or divergence.
     """
     from vfrt.recon.bake import bake_texture, bake_vertex_colours
-    from vfrt.recon.mesh import export_mesh, extract_mesh, write_turntable
+    from vfrt.recon.ground import find_floor, worth_cutting
+    from vfrt.recon.mesh import export_mesh, mesh_from_grid, surface_grid, write_turntable
     from vfrt.recon.metrics import colour_psnr, evaluate_mesh, load_mesh
 
     out = check_out_dir(out_dir)
@@ -112,7 +113,17 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     timings["train"] = trained.seconds
     dev = trained.device
     t = time.perf_counter()
-    mesh = extract_mesh(trained.fields, dev, cfg.mc_resolution, cfg.mc_bound, cfg.min_component_fraction, trained.hull)
+    grid = surface_grid(trained.fields, dev, cfg.mc_resolution, cfg.mc_bound, trained.hull)
+    mesh = mesh_from_grid(grid, cfg.min_component_fraction)
+    floor = find_floor(mesh, full, dev, margin=grid.step) if cfg.flat_base else None
+    base = None
+    if floor is not None:
+        flat = mesh_from_grid(grid, cfg.min_component_fraction, floor)
+        cut = worth_cutting(float(mesh.volume), float(flat.volume))
+        base = {**floor.to_dict(), "volume_below": float(mesh.volume - flat.volume), "cut": cut}
+        log.info("floor at height %.4f along %s; %.4g of the volume lies below it, unseen: %s", floor.height,
+                 floor.up, base["volume_below"], "cut off flat" if cut else "kept (a sliver, not a hidden cone)")
+        mesh = flat if cut else mesh
     timings["extract"] = _synced(t, dev)
     t = time.perf_counter()
     import numpy as np
@@ -147,7 +158,7 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
             "image_size": [data.intrinsics.width, data.intrinsics.height],
             "backend": trained.backend, "device": str(dev), "final_loss": trained.final_loss,
             "final_inv_s": trained.final_inv_s,
-            "vertices": result.n_vertices, "faces": result.n_faces, "volume": float(mesh.volume),
+            "flat_base": base, "vertices": result.n_vertices, "faces": result.n_faces, "volume": float(mesh.volume),
             "meshes": {k: str(v) for k, v in paths.items()}, "turntable": str(tt_path) if tt_path else None,
             "timings_s": timings, "metrics": metrics.to_dict() if metrics else None,
             "colour": colour.to_dict() if colour else None,

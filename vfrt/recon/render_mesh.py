@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera, write_transforms_json
+from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera, transforms_dict
 
 log = logging.getLogger(__name__)
 
@@ -219,23 +219,34 @@ def demo_mesh(shape: str = "capsule"):
 
 
 def write_orbit(out_dir: str | Path, mesh, n_views: int = 16, image_size: int = 256, elevation_deg: float = 30.0,
-                device: str = "cpu", albedo: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+                device: str = "cpu", albedo: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                low_ring: tuple[float, int] | None = None) -> Path:
     """Render ``mesh`` into an RGBA orbit (``views/XXX.png``), ``transforms.json`` and ``reference.ply``.
 
     ``albedo``: colour of world positions (N, 3) -> (N, 3), default :func:`procedural_albedo`.
+    ``low_ring``: ``(elevation_deg, n_views)`` of a second ring (``views/low_XXX.png``), e.g. below the
+    horizon so that the underside is seen.
     """
+    import json
+
     from PIL import Image
 
     out = Path(out_dir)
     (out / "views").mkdir(parents=True, exist_ok=True)
     intr = Intrinsics.default(image_size)
-    rgba = render_views(mesh, orbit_world_to_camera(n_views, elevation_deg), intr, device=device, albedo=albedo)
-    names = []
-    for i, img in enumerate(rgba):
-        name = f"views/{i:03d}.png"
-        Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)).save(out / name, optimize=True)
-        names.append(name)
-    write_transforms_json(out / "transforms.json", n_views, elevation_deg, names, image_size=image_size)
+    rings = [("", n_views, elevation_deg)] + ([("low_", low_ring[1], low_ring[0])] if low_ring else [])
+    frames, meta = [], None
+    for prefix, n, elevation in rings:
+        rgba = render_views(mesh, orbit_world_to_camera(n, elevation), intr, device=device, albedo=albedo)
+        names = []
+        for i, img in enumerate(rgba):
+            name = f"views/{prefix}{i:03d}.png"
+            Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)).save(out / name, optimize=True)
+            names.append(name)
+        ring = transforms_dict(n, elevation, names, image_size)
+        meta = meta or ring
+        frames += ring["frames"]
+    (out / "transforms.json").write_text(json.dumps({**meta, "frames": frames}, indent=2))
     mesh.export(out / "reference.ply")
     return out
 

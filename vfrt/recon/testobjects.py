@@ -208,11 +208,13 @@ def reference_mesh(obj: TestObject, spacing: float = 0.004, device: str | torch.
 
 
 def write_object_orbit(out_dir: str | Path, name: str, n_views: int = 36, image_size: int = 256,
-                       elevation_deg: float = 30.0, spacing: float = 0.004, device: str = "cpu") -> Path:
-    """Render test object ``name`` into a perfect orbit folder (views, transforms.json, reference.ply)."""
+                       elevation_deg: float = 30.0, spacing: float = 0.004, device: str = "cpu",
+                       low_ring: tuple[float, int] | None = None) -> Path:
+    """Render test object ``name`` into a perfect orbit folder (views, transforms.json, reference.ply);
+    ``low_ring``: ``(elevation_deg, n_views)`` of a second ring (:func:`vfrt.recon.render_mesh.write_orbit`)."""
     from vfrt.recon.render_mesh import write_orbit
 
     obj = get_object(name)
     return write_orbit(out_dir, reference_mesh(obj, spacing, device), n_views, image_size, elevation_deg, device,
-                       albedo=obj.albedo)
+                       albedo=obj.albedo, low_ring=low_ring)
 
