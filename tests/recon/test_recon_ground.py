@@ -72,9 +72,15 @@ def test_nothing_is_cut_when_the_views_see_the_underside():
     assert find_floor(mesh, _views(0.0), CPU) is None
 
 
-def test_floor_heights_and_cut():
-    floor = Floor((0.0, 0.0, 1.0), -0.1)
-    assert floor.signed_height(np.array([[0.0, 0.0, 0.2], [1.0, 1.0, -0.3]])) == pytest.approx([0.3, -0.2])
+def test_grid_heights_above_a_tilted_floor():
+    from vfrt.recon.mesh import SurfaceGrid
+
+    up = np.array([0.3, -0.4, 0.866])
+    floor = Floor(tuple(up / np.linalg.norm(up)), -0.1)
+    grid = SurfaceGrid(np.zeros((4, 5, 6), np.float32), np.array([-0.5, -0.2, 0.1]), 0.07)
+    axes = [grid.lo[k] + grid.step * np.arange(n) for k, n in enumerate(grid.values.shape)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    assert grid.heights_above(floor) == pytest.approx(floor.signed_height(points), abs=1e-6)
 
 
 def test_only_a_sizeable_hidden_part_is_cut():

@@ -119,10 +119,11 @@ class SurfaceGrid:
     lo: np.ndarray
     step: float
 
-    def points(self) -> np.ndarray:
-        """(X, Y, Z, 3) world positions of the samples."""
-        axes = [self.lo[k] + self.step * np.arange(n) for k, n in enumerate(self.values.shape)]
-        return np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    def heights_above(self, floor: Floor) -> np.ndarray:
+        """(X, Y, Z) float32 height of every sample above ``floor`` (summed per axis: no (X, Y, Z, 3) array)."""
+        up = np.asarray(floor.up, dtype=np.float64)
+        x, y, z = (((self.lo[k] + self.step * np.arange(n)) * up[k]) for k, n in enumerate(self.values.shape))
+        return (x[:, None, None] + y[None, :, None] + z[None, None, :] - floor.height).astype(np.float32)
 
 
 def surface_grid(fields: NeuSFields, device: torch.device, resolution: int = 256, bound: float = 1.0,
@@ -155,7 +156,7 @@ def mesh_from_grid(grid: SurfaceGrid, min_component_fraction: float = 0.01, floo
 
     vol = grid.values
     if floor is not None:
-        vol = np.maximum(vol, -floor.signed_height(grid.points()).astype(np.float32))
+        vol = np.maximum(vol, -grid.heights_above(floor))
         if vol.min() >= 0.0:
             raise EmptySurfaceError("nothing of the surface lies above the lowest point the views see")
     step = np.full(3, grid.step)
