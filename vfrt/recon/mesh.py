@@ -119,6 +119,14 @@ class SurfaceGrid:
     lo: np.ndarray
     step: float
 
+    def inside_volume(self, below: Floor | None = None) -> float:
+        """Volume of the samples inside the surface (SDF < 0), each standing for a cell of ``step^3``;
+        with ``below``, only of those under that floor."""
+        inside = self.values < 0
+        if below is not None:
+            inside &= self.heights_above(below) < 0
+        return float(inside.sum()) * self.step**3
+
     def heights_above(self, floor: Floor) -> np.ndarray:
         """(X, Y, Z) float32 height of every sample above ``floor`` (summed per axis: no (X, Y, Z, 3) array)."""
         up = np.asarray(floor.up, dtype=np.float64)

@@ -118,12 +118,13 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     floor = find_floor(mesh, full, dev, margin=grid.step) if cfg.flat_base else None
     base = None
     if floor is not None:
-        flat = mesh_from_grid(grid, cfg.min_component_fraction, floor)
-        cut = worth_cutting(float(mesh.volume), float(flat.volume))
-        base = {**floor.to_dict(), "volume_below": float(mesh.volume - flat.volume), "cut": cut}
+        below = grid.inside_volume(below=floor)
+        cut = worth_cutting(grid.inside_volume(), grid.inside_volume() - below)
+        base = {**floor.to_dict(), "volume_below": below, "cut": cut}
         log.info("floor at height %.4f along %s; %.4g of the volume lies below it, unseen: %s", floor.height,
-                 floor.up, base["volume_below"], "cut off flat" if cut else "kept (a sliver, not a hidden cone)")
-        mesh = flat if cut else mesh
+                 floor.up, below, "cut off flat" if cut else "kept (a sliver, not a hidden cone)")
+        if cut:
+            mesh = mesh_from_grid(grid, cfg.min_component_fraction, floor)
     timings["extract"] = _synced(t, dev)
     t = time.perf_counter()
     import numpy as np
