@@ -48,6 +48,11 @@ def _parse_extra(values) -> tuple:
               help="Views in the orbit, input included (>= 2).")
 @click.option("--generate", type=click.IntRange(min=1), default=None,
               help="Stop the orbit after this many generated views (1..VIEWS-1) [default: all].")
+@click.option("--low-ring", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Orbit mode: after the orbit, this many views on a second ring below it (e.g. 12), so that "
+                   "`vfrt recon` sees under the object (a vfrt extension of ViewFusion's orbit).")
+@click.option("--low-ring-polar", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=45.0,
+              show_default=True, help="How many degrees below the input's elevation the low ring is.")
 @click.option("--polar", default=0.0, show_default=True,
               help="Single mode: polar delta in degrees (negative = up); the camera must stay between the poles.")
 @click.option("--azimuth", default=0.0, show_default=True, help="Single mode: azimuth delta in degrees (-360..360).")
@@ -109,7 +114,8 @@ def _parse_extra(values) -> tuple:
 @click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray worker reserves [default: 1 on a cluster with GPUs, else 0; 0.5 packs two per GPU].")
 @click.pass_context
-def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, polar, azimuth, radius,
+def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, low_ring, low_ring_polar,
+        polar, azimuth, radius,
         extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
         segment, elevation, device, backend, dtype, compile_unet, engines_dir, no_engines, out, overwrite, no_resume,
         ray_address, batch, gpus, ray_workers, ray_gpus_per_worker):
@@ -140,7 +146,7 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                                          **({} if auto_temp is None else {"auto_temp": auto_temp}))
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
-                        sampler=sampler, segment=segment)
+                        sampler=sampler, segment=segment, low_ring=low_ring, low_ring_polar=low_ring_polar)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if engines_dir and no_engines:
@@ -158,6 +164,8 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
         raise click.UsageError("--noise replays one run; give a single image with it")
     if (batch > 1 or gpus > 1) and (run_mode != "orbit" or ray is not None):
         raise click.UsageError("--batch and --gpus make one orbit per photo (orbit mode, without --ray)")
+    if (batch > 1 or gpus > 1) and low_ring:
+        raise click.UsageError("--low-ring runs one photo at a time: drop --batch / --gpus")
     if gpus > 1:
         import torch
         if torch.cuda.device_count() < gpus:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera, transforms_dict
+from vfrt.runtime.cameras import Intrinsics, orbit_world_to_camera, write_transforms_json_rings
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +227,13 @@ def write_orbit(out_dir: str | Path, mesh, n_views: int = 16, image_size: int = 
     ``low_ring``: ``(elevation_deg, n_views)`` of a second ring (``views/low_XXX.png``), e.g. below the
     horizon so that the underside is seen.
     """
-    import json
-
     from PIL import Image
 
     out = Path(out_dir)
     (out / "views").mkdir(parents=True, exist_ok=True)
     intr = Intrinsics.default(image_size)
     rings = [("", n_views, elevation_deg)] + ([("low_", low_ring[1], low_ring[0])] if low_ring else [])
-    frames, meta = [], None
+    written = []
     for prefix, n, elevation in rings:
         rgba = render_views(mesh, orbit_world_to_camera(n, elevation), intr, device=device, albedo=albedo)
         names = []
@@ -243,10 +241,8 @@ def write_orbit(out_dir: str | Path, mesh, n_views: int = 16, image_size: int = 
             name = f"views/{prefix}{i:03d}.png"
             Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)).save(out / name, optimize=True)
             names.append(name)
-        ring = transforms_dict(n, elevation, names, image_size)
-        meta = meta or ring
-        frames += ring["frames"]
-    (out / "transforms.json").write_text(json.dumps({**meta, "frames": frames}, indent=2))
+        written.append((n, elevation, names))
+    write_transforms_json_rings(out / "transforms.json", written, image_size=image_size)
     mesh.export(out / "reference.ply")
     return out
 

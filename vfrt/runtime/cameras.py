@@ -136,3 +136,18 @@ def write_transforms_json(path: str | Path, n_views: int, elevation_deg: float =
     data = transforms_dict(n_views, elevation_deg, image_names, image_size, focal_256, distance)
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def write_transforms_json_rings(path: str | Path, rings: Sequence[tuple[int, float, Sequence[str]]],
+                                image_size: int = DEFAULT_IMAGE_SIZE, focal_256: float = DEFAULT_FOCAL,
+                                distance: float = DEFAULT_DISTANCE) -> Path:
+    """One ``transforms.json`` for several orbit rings: ``rings`` = ``(n_views, elevation_deg, image names)``
+    each (view i of a ring at azimuth i * 360 / n_views); the frames of the rings in that order."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transforms.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [transforms_dict(n, elevation, names, image_size, focal_256, distance) for n, elevation, names in rings]
+    data = {**parts[0], "frames": [f for part in parts for f in part["frames"]]}
+    path.write_text(json.dumps(data, indent=2))
+    return path

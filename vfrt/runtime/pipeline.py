@@ -32,7 +32,7 @@ from vfrt.engines.config import EngineConfig
 from vfrt.hardware import TorchOutOfMemoryError
 from vfrt.runtime.cache import ViewCache
 from vfrt.runtime.noise import NoiseBank, NoiseBankError, NoiseSource
-from vfrt.runtime.poses import ViewPlan, orbit_order, plan_multi_input, plan_orbit, plan_single
+from vfrt.runtime.poses import ViewPlan, orbit_order, plan_low_ring, plan_multi_input, plan_orbit, plan_single
 from vfrt.runtime.preprocess import load_image
 from vfrt.runtime.sampler import SamplerConfig
 
@@ -105,12 +105,27 @@ class GenerationResult:
     n_views: int = 0
     seconds: float = 0.0
 
-    def orbit_images(self) -> np.ndarray:
-        """(N, 3, H, W): input view 0 first, then generated views sorted by azimuth (orbit modes)."""
+    def _ring(self, low: bool) -> np.ndarray:
+        """Generation indices of the orbit's views (polar delta 0) or of the low ring's, sorted by azimuth."""
         if self.mode == "single":
-            raise ValueError("orbit_images() is for orbit results")
-        order = orbit_order(self.azimuths)
-        return np.concatenate([self.inputs[:1], self.images[order]], axis=0)
+            raise ValueError("orbit_images() and low_ring_images() are for orbit results")
+        members = np.nonzero((self.poses[:, 0] != 0) == low)[0]
+        return members[orbit_order(self.azimuths[members])]
+
+    def orbit_images(self) -> np.ndarray:
+        """(N, 3, H, W): input view 0 first, then the orbit's generated views sorted by azimuth (orbit modes;
+        a low ring's views are in :meth:`low_ring_images`)."""
+        return np.concatenate([self.inputs[:1], self.images[self._ring(low=False)]], axis=0)
+
+    def low_ring_images(self) -> np.ndarray:
+        """(L, 3, H, W): the low ring's views sorted by azimuth (L = 0 without one)."""
+        return self.images[self._ring(low=True)]
+
+    def low_ring_poses(self) -> np.ndarray:
+        """(L, 3) (polar delta, azimuth in [0, 2 pi), radius) matching :meth:`low_ring_images`."""
+        poses = self.poses[self._ring(low=True)].copy()
+        poses[:, 1] = np.mod(poses[:, 1], 2 * np.pi)
+        return poses
 
     def save(self, folder, *, elevation: float = 30.0, overwrite: bool = False):
         """Write this result as the folder ``vfrt run`` writes (see :func:`vfrt.runtime.run.save_result`);
@@ -120,8 +135,7 @@ class GenerationResult:
 
     def orbit_azimuths(self) -> np.ndarray:
         """(N,) radians in [0, 2*pi) matching :meth:`orbit_images`."""
-        order = orbit_order(self.azimuths)
-        return np.concatenate([[0.0], np.mod(self.azimuths[order], 2 * np.pi)])
+        return np.concatenate([[0.0], np.mod(self.azimuths[self._ring(low=False)], 2 * np.pi)])
 
 
 class Pipeline:
@@ -222,10 +236,20 @@ class Pipeline:
     # ------------------------------------------------------------------ public modes
     def orbit(self, image, views: int = 36, *, generate: int | None = None, sampler: SamplerConfig | None = None,
               noise: NoiseBank | None = None, preprocess: bool = True, on_view: ViewCallback | None = None,
-              resume: Sequence[np.ndarray] = ()) -> GenerationResult:
-        """A 360-degree orbit of ``views`` views (``views - 1`` generated, or the first ``generate``)."""
+              resume: Sequence[np.ndarray] = (), low_ring: int = 0, low_ring_polar: float = 45.0) -> GenerationResult:
+        """A 360-degree orbit of ``views`` views (``views - 1`` generated, or the first ``generate``).
+
+        ``low_ring``: then this many more views on a second ring ``low_ring_polar`` degrees below the
+        input's elevation (:func:`vfrt.runtime.poses.plan_low_ring`; the orbit must be complete), so that
+        a reconstruction sees under the object. Without it the orbit is the original's, view for view.
+        """
         sampler = sampler or SamplerConfig.for_mode("orbit")
+        if low_ring and generate is not None and generate != views - 1:
+            raise ValueError("a low ring follows a complete orbit: drop generate (or low_ring)")
         plans = plan_orbit(views, generate, sampler.inference_temp, sampler.auto_temp)
+        if low_ring:
+            plans += plan_low_ring(views, low_ring, math.radians(low_ring_polar), sampler.inference_temp,
+                                   sampler.auto_temp)
         inputs = [load_image(image, self.resolution, preprocess)]
         return self._generate("orbit", plans, inputs, views, sampler, noise, on_view, resume)
 

@@ -198,6 +198,54 @@ def plan_multi_input(input_poses, n_views: int = 36, generate: int | None = None
     return plans
 
 
+def low_ring_azimuth(j: int, n_low: int) -> float:
+    """Azimuth (radians) of the j-th view of a low ring: 0 (under the input), then +s, -s, +2s, ... (s = 2 pi / n_low)."""
+    return 0.0 if j == 0 else orbit_azimuth(j - 1, n_low)
+
+
+def plan_low_ring(n_views: int, n_low: int, delta_polar: float, inference_temp: float = 0.5,
+                  auto_temp: float = 0.5) -> list[ViewPlan]:
+    """A second ring of ``n_low`` views at ``delta_polar`` (radians, positive = below the input's
+    elevation) after a complete ``n_views`` orbit: a vfrt extension, not in the original scripts.
+
+    Targets follow :func:`low_ring_azimuth`. References are the input, the orbit's views and the
+    low views generated before, at distance ``|d_polar| + |d_azimuth|`` (azimuth wrapped to
+    [0, pi]), dropped from ``DROP_DISTANCE`` on except the input; weights as in single-target mode
+    (SPEC §5): ``w_input = exp(-d_input / pi / tau_inf)``, the others share the rest by
+    ``softmax(-d / max d / tau_auto)``. T = [d_polar, sin d_az, cos d_az, 0] (target - reference).
+    Returns the ring's plans only; their slots continue the orbit's (slot ``n_views + j`` is low view j).
+    """
+    _check_temps(inference_temp, auto_temp)
+    if n_low < 1:
+        raise ValueError(f"a low ring needs at least 1 view, got {n_low}")
+    if not (math.isfinite(delta_polar) and 0 < abs(delta_polar) < np.pi):
+        raise ValueError(f"the low ring's polar offset must be within (0, 180) degrees, got {math.degrees(delta_polar):g}")
+    anchors = [(0.0, 0.0)] + [(0.0, orbit_azimuth(v, n_views)) for v in range(n_views - 1)]
+    plans = []
+    for j in range(n_low):
+        target = (float(delta_polar), low_ring_azimuth(j, n_low))
+        anchor = np.array(anchors, dtype=np.float32)
+        d_polar = np.float32(target[0]) - anchor[:, 0]
+        d_az = (np.float32(target[1]) - anchor[:, 1]) % np.float32(2 * np.pi)
+        wrapped = np.where(d_az <= np.pi, d_az, 2 * np.pi - d_az).astype(np.float32)
+        dist = (np.abs(d_polar) + wrapped).astype(np.float32)
+        valid = dist < DROP_DISTANCE
+        valid[0] = True
+        w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
+        if len(w) > 1:
+            w_in = torch.exp(-w[0] / np.pi / inference_temp)
+            w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
+            w[0] = w_in
+        else:
+            w[0] = 1
+        T = torch.stack([torch.from_numpy(d_polar), torch.sin(torch.from_numpy(d_az)), torch.cos(torch.from_numpy(d_az)),
+                         torch.zeros(len(anchors))], dim=1)[torch.from_numpy(valid)]
+        plans.append(ViewPlan(pose=(target[0], target[1], 0.0), references=np.nonzero(valid)[0].astype(np.int64),
+                              weights=w.numpy().astype(np.float32), pose_conditions=T.numpy().astype(np.float32)))
+        anchors.append(target)
+    return plans
+
+
 def orbit_order(azimuths) -> np.ndarray:
     """Indices that sort views by azimuth mod 2*pi (stable), as the original's final ``sorted``."""
     keys = [float(a) % (2 * np.pi) for a in azimuths]

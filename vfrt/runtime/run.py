@@ -4,6 +4,8 @@ complete or clearly partial (resumable), never half-written under its final name
 Layout of a finished orbit folder ``OUT/``::
 
     views/000.png ... views/NNN.png   orbit order: 000 = the input, view i at azimuth i*360/N
+    views/low_000.png ...             with a low ring (--low-ring L): view j at azimuth j*360/L, the ring's
+                                      elevation (input elevation - --low-ring-polar); in the cameras too
     transforms.json, cameras.json     SPEC §8 cameras (nerfstudio / OpenCV), for `vfrt recon`
     grid.png                          contact sheet, each view labelled with its angles
     orbit.gif, orbit.mp4              turntable animations (imageio, imageio-ffmpeg's own ffmpeg)
@@ -68,6 +70,9 @@ class RunConfig:
         preprocess: Zero123's crop / recentre of the input.
         extra_inputs: multi mode: (path, polar, azimuth, radius) of each extra input view, degrees.
         sampler: the sampler settings (steps, eta, guidance, temperatures, seed, noise mode).
+        low_ring: orbit mode: this many more views on a second ring, after the complete orbit (0: none;
+            a vfrt extension: :func:`vfrt.runtime.poses.plan_low_ring`).
+        low_ring_polar: how far below the input's elevation that ring is (degrees, the polar delta).
     """
 
     mode: Mode = "orbit"
@@ -82,6 +87,8 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     #: how to find the object in photos without alpha (vfrt/runtime/segment.py)
     segment: SegmentMethod = "auto"
+    low_ring: int = 0
+    low_ring_polar: float = 45.0
 
     def __post_init__(self):
         if self.mode not in ("orbit", "single", "multi"):
@@ -103,6 +110,17 @@ class RunConfig:
             raise ValueError("single mode needs a target pose: give --polar, --azimuth and/or --radius")
         if self.mode == "multi" and not self.extra_inputs:
             raise ValueError("multi mode needs at least one extra input view")
+        if self.low_ring < 0:
+            raise ValueError(f"low_ring must be >= 0, got {self.low_ring}")
+        if self.low_ring:
+            if self.mode != "orbit":
+                raise ValueError("a low ring is for orbit mode")
+            if self.generate is not None and self.generate != self.views - 1:
+                raise ValueError("a low ring follows a complete orbit: drop --generate (or --low-ring)")
+            below = self.elevation - self.low_ring_polar
+            if not (math.isfinite(self.low_ring_polar) and 0 < self.low_ring_polar < 180 and -90 < below < 90):
+                raise ValueError(f"the low ring's polar offset must put its cameras between the poles: elevation "
+                                 f"{self.elevation:g} - {self.low_ring_polar:g} degrees is {below:g}")
         if self.segment not in SEGMENT_METHODS:
             raise ValueError(f"segment must be one of {', '.join(SEGMENT_METHODS)}, got {self.segment!r}")
         if self.segment == "rembg" and not rembg_status()[0]:
@@ -115,7 +133,7 @@ class RunConfig:
             from vfrt.runtime.poses import plan_single
             return len(plan_single(math.radians(self.delta_polar), math.radians(self.delta_azimuth),
                                    self.delta_radius))
-        return self.generate or self.views - 1
+        return (self.generate or self.views - 1) + self.low_ring
 
 
 #: the orbit's camera distance (SPEC §8); a radius delta must keep the camera outside the object
@@ -255,7 +273,8 @@ def run_to_folder(pipe, image: str | Path, cfg: RunConfig, out_dir: str | Path, 
     previous_on_step, pipe.on_step = getattr(pipe, "on_step", None), on_step
     try:
         if cfg.mode == "orbit":
-            result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, **common)
+            result = pipe.orbit(prepared[0], views=cfg.views, generate=cfg.generate, low_ring=cfg.low_ring,
+                                low_ring_polar=cfg.low_ring_polar, **common)
         elif cfg.mode == "single":
             result = pipe.single(prepared[0], delta_polar=cfg.delta_polar, delta_azimuth=cfg.delta_azimuth,
                                  delta_radius=cfg.delta_radius, **common)
@@ -293,6 +312,8 @@ def run_many_to_folders(pipe, images, cfg: RunConfig, out_dirs, *, batch: int, n
         Per photo, the finished folder's path or the exception that stopped it (empty for a non-writer).
     """
     images, out_dirs = [Path(i) for i in images], [Path(o) for o in out_dirs]
+    if cfg.low_ring:
+        raise RunError("batched orbits have no low ring: run the photos one at a time (run_to_folder)")
     if len(images) != len(out_dirs):
         raise ValueError(f"got {len(images)} images but {len(out_dirs)} output folders")
     if cfg.mode != "orbit":
@@ -492,27 +513,38 @@ def _write_outputs(folder: Path, result, elevation: float) -> None:
     extra = [to_uint8(im) for im in result.inputs[1:]]
     labels += [f"input {i}: " + _pose_label(math.degrees(p), math.degrees(a), float(r))
                for i, (p, a, r) in enumerate(result.input_poses[1:], start=1)]
-    contact_sheet(frames + extra, labels).save(folder / "grid.png")
-    _write_cameras(folder, result, elevation, names)
+    low = [to_uint8(im) for im in result.low_ring_images()]
+    low_poses = result.low_ring_poses()
+    low_names = [f"views/low_{j:03d}.png" for j in range(len(low))]
+    for name, frame in zip(low_names, low):
+        Image.fromarray(frame).save(folder / name)
+    labels += [f"low ring: elev {elevation - math.degrees(p):.0f}°, az {math.degrees(a):.0f}°" for p, a, _ in low_poses]
+    contact_sheet(frames + extra + low, labels).save(folder / "grid.png")
+    _write_cameras(folder, result, elevation, names, low_names)
     write_gif(folder / "orbit.gif", frames)
     write_mp4(folder / "orbit.mp4", frames)
 
 
-def _write_cameras(folder: Path, result, elevation: float, names: list[str]) -> None:
-    from vfrt.runtime.cameras import Intrinsics, world_to_camera, write_transforms_json
+def _write_cameras(folder: Path, result, elevation: float, names: list[str], low_names: list[str]) -> None:
+    """cameras.json (every view) and, for a complete orbit, transforms.json (both rings when there is a low one)."""
+    from vfrt.runtime.cameras import Intrinsics, world_to_camera, write_transforms_json_rings
     n = len(names)
     complete = n == result.n_views
-    az = result.orbit_azimuths()
     size = result.inputs.shape[-1]
     k = Intrinsics.default(size)
+    ring_elevation = [elevation] * n + [elevation - math.degrees(p) for p, _, _ in result.low_ring_poses()]
+    azimuths = list(result.orbit_azimuths()) + [a for _, a, _ in result.low_ring_poses()]
     cams = []
-    for name, a in zip(names, az):
-        w2c = world_to_camera(float(a), math.radians(elevation))
-        cams.append({"file": name, "azimuth_deg": math.degrees(float(a)), "elevation_deg": elevation,
-                     "polar_deg": 90.0 - elevation, "distance": CAMERA_DISTANCE, "world_to_camera_opencv": w2c.tolist()})
+    for name, a, e in zip(names + low_names, azimuths, ring_elevation):
+        w2c = world_to_camera(float(a), math.radians(e))
+        cams.append({"file": name, "azimuth_deg": math.degrees(float(a)), "elevation_deg": e,
+                     "polar_deg": 90.0 - e, "distance": CAMERA_DISTANCE, "world_to_camera_opencv": w2c.tolist()})
     (folder / "cameras.json").write_text(json.dumps({
         "convention": "SPEC §8: world z up, OpenCV world-to-camera; K at 256 px = [[280,0,128],[0,280,128],[0,0,1]]",
         "K": [[k.fx, 0.0, k.cx - 0.5], [0.0, k.fy, k.cy - 0.5], [0.0, 0.0, 1.0]], "width": size, "height": size,
         "views": cams}, indent=2))
     if complete:
-        write_transforms_json(folder / "transforms.json", n, elevation, names, image_size=size)
+        rings = [(n, elevation, names)]
+        if low_names:
+            rings.append((len(low_names), ring_elevation[-1], low_names))
+        write_transforms_json_rings(folder / "transforms.json", rings, image_size=size)
