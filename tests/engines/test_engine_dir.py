@@ -166,6 +166,20 @@ def test_a_view_beyond_the_built_rows_says_how_to_rebuild(built):
         engine.bind(refs, torch.zeros(7, 4), torch.full((7,), 1 / 7), make_ddim_schedule(4, 1.0), 3.0)
 
 
+def test_a_generation_beyond_the_built_rows_is_refused_before_any_view(built):
+    """A low ring of 6 views 30 degrees down after an 8-view orbit needs up to 10 references (11 rows): the
+    engines take 7, so the generation stops before its first view, with the rebuild command."""
+    from vfrt.runtime.pipeline import Pipeline
+    from vfrt.runtime.sampler import SamplerConfig
+    image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pipe = Pipeline.from_engines(built.directory)
+    made = []
+    with pytest.raises(SpecMismatchError, match=r"needs 11 UNet rows.*at most 7.*--max-refs 10"):
+        pipe.orbit(image, views=8, low_ring=6, low_ring_polar=30.0, sampler=SamplerConfig(steps=4, seed=2),
+                   preprocess=False, on_view=lambda v, im, plan: made.append(v))
+    assert made == []
+
+
 # ------------------------------------------------------------------------------------------ the policy
 def test_auto_finds_the_engines_of_the_checkpoint(built, tiny_checkpoint):
     chosen = select_engines(tiny_checkpoint.ckpt, EngineConfig(device="cpu"), config=tiny_checkpoint.yaml)

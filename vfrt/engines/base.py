@@ -68,6 +68,12 @@ class Engine(Protocol):
         generation; ``views_so_far`` counts the views generated or planned by the process."""
         ...
 
+    def check_rows(self, rows: int) -> None:
+        """Raise :class:`~vfrt.engines.specs.SpecMismatchError` (with what to do) when a view needing
+        ``rows`` UNet rows (K references + the unconditional row) cannot run here; called for the
+        largest view of a generation before it starts."""
+        ...
+
     def encode_view(self, image: torch.Tensor) -> ViewEncoding:
         """image: (1, 3, H, W) float32 in [-1, 1]."""
         ...

@@ -146,7 +146,7 @@ class FastEngine:
         """Conditioning of one target view on K references (input first): poses (K, 4) pose
         conditions (SPEC's T), weights (K,) summing to 1."""
         K = len(refs)
-        self._check_rows(K + (float(guidance) != 1.0))
+        self.check_rows(K + (float(guidance) != 1.0))
         dev = self.device
         clip = torch.cat([r.clip.to(dev, torch.float32) for r in refs], 0)
         latent = torch.cat([r.latent.to(dev, torch.float32) for r in refs], 0)
@@ -184,7 +184,7 @@ class FastEngine:
             self.split.broadcast(z)
         return list(z.split(1))
 
-    def _check_rows(self, rows: int) -> None:
+    def check_rows(self, rows: int) -> None:
         """Refuse, with what to do, a view that needs more rows than the executors were built for (built
         engines have a row range; a batch of views is split into calls by the step, one view is not)."""
         limit = min(self._executors[name].spec.axis("rows").max for name in ("conditioning", "unet_step"))

@@ -39,6 +39,9 @@ class ReferenceEngine:
     def prepare(self, views_so_far: int) -> None:
         """Nothing to re-decide: the reference engine has one way to run."""
 
+    def check_rows(self, rows: int) -> None:
+        """The reference runs any number of references (one UNet call per row)."""
+
     @torch.no_grad()
     def encode_view(self, image: torch.Tensor) -> ViewEncoding:
         image = image.to(self.device, torch.float32)

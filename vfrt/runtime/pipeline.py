@@ -357,9 +357,10 @@ class Pipeline:
         for job in jobs:
             try:
                 job.check(sampler, schedule.num_steps, latent_shape)
+                self.engine.check_rows(max(p.K for p in job.plans) + (float(sampler.guidance) != 1.0))
                 ready.append(job)
-            except ValueError as exc:             # a noise bank or resumed views that do not fit
-                fail(job, exc)
+            except ValueError as exc:             # a noise bank or resumed views that do not fit, or more rows
+                fail(job, exc)                    # than built engines take: before any view is generated
         todo = sum(len(j.plans) - len(j.resume) for j in ready)
         self.engine.prepare(self.views_generated + todo)
         self.engine.set_step_callback(self.on_step)
