@@ -74,6 +74,8 @@ def test_default_settings_are_the_originals():
     assert cfg.sampler == SamplerConfig() and cfg.sampler.steps == 75 and cfg.sampler.guidance == 3.0
     multi = JobSettings(mode="multi", extra_poses=["0, 180"]).run_config(["/x/back.png"])
     assert multi.sampler.auto_temp == 1.0 and multi.extra_inputs == (("/x/back.png", 0.0, 180.0, 0.0),)
+    ringed = JobSettings(low_ring=12).run_config()
+    assert (ringed.low_ring, ringed.low_ring_polar, ringed.generated_views) == (12, 45.0, 47)
 
 
 @pytest.mark.parametrize("settings, limits, message", [
@@ -84,6 +86,8 @@ def test_default_settings_are_the_originals():
     (dict(steps=100), dict(max_steps=50), "steps must be <= 50"),
     (dict(mode="single", azimuth=170), dict(max_views=10), "would generate 17 views"),
     (dict(eta=-1), {}, "eta must be"),
+    (dict(views=30, low_ring=8), dict(max_views=36), "would generate 37 views"),
+    (dict(mode="single", azimuth=20, low_ring=4), {}, "a low ring is for orbit mode"),
 ])
 def test_settings_errors(settings, limits, message):
     extra = ["/x/back.png"] if settings.get("mode") == "multi" else []

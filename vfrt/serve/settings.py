@@ -43,6 +43,9 @@ class JobSettings(BaseModel):
     segment: SegmentMethod = Field("auto", description="How to find the object in a photo without alpha.")
     preprocess: bool = Field(True, description="Zero123's crop and recentre of the object.")
     elevation: float = Field(30.0, description="Elevation of the input camera above the horizon, degrees.")
+    low_ring: int = Field(0, description="Orbit mode: this many more views on a second ring below the orbit, so "
+                                         "that a reconstruction sees under the object (0: none).")
+    low_ring_polar: float = Field(45.0, description="How many degrees below the input's elevation the low ring is.")
     reconstruct: bool = Field(False, description="Also reconstruct a mesh once the views are done.")
 
     @classmethod
@@ -96,7 +99,8 @@ class JobSettings(BaseModel):
                                              **({} if self.auto_temp is None else {"auto_temp": self.auto_temp}))
             cfg = RunConfig(mode=self.mode, views=self.views, generate=self.generate, delta_polar=self.polar,
                             delta_azimuth=self.azimuth, delta_radius=self.radius, elevation=self.elevation,
-                            preprocess=self.preprocess, extra_inputs=extras, sampler=sampler, segment=self.segment)
+                            preprocess=self.preprocess, extra_inputs=extras, sampler=sampler, segment=self.segment,
+                            low_ring=self.low_ring, low_ring_polar=self.low_ring_polar)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         if max_views is not None and cfg.generated_views > max_views - 1:   # e.g. a single pose far away
