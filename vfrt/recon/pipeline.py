@@ -118,8 +118,8 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     floor = find_floor(mesh, full, dev, margin=grid.step) if cfg.flat_base else None
     base = None
     if floor is not None:
-        below = grid.inside_volume(below=floor)
-        cut = worth_cutting(grid.inside_volume(), grid.inside_volume() - below)
+        inside, below = grid.inside_volume(), grid.inside_volume(below=floor)
+        cut = worth_cutting(inside, inside - below)
         base = {**floor.to_dict(), "volume_below": below, "cut": cut}
         log.info("floor at height %.4f along %s; %.4g of the volume lies below it, unseen: %s", floor.height,
                  floor.up, below, "cut off flat" if cut else "kept (a sliver, not a hidden cone)")
