@@ -129,20 +129,15 @@ def write_transforms_json(path: str | Path, n_views: int, elevation_deg: float =
     ``elevation_deg`` is the elevation above the horizon (30 for Zero123's polar 60).
     At 256 px: ``fl_x = fl_y = 280``, ``cx = cy = 128.5``; other sizes scale these.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transforms.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = transforms_dict(n_views, elevation_deg, image_names, image_size, focal_256, distance)
-    path.write_text(json.dumps(data, indent=2))
-    return path
+    return write_transforms_json_rings(path, [(n_views, elevation_deg, image_names)], image_size, focal_256, distance)
 
 
-def write_transforms_json_rings(path: str | Path, rings: Sequence[tuple[int, float, Sequence[str]]],
+def write_transforms_json_rings(path: str | Path, rings: Sequence[tuple[int, float, Sequence[str] | None]],
                                 image_size: int = DEFAULT_IMAGE_SIZE, focal_256: float = DEFAULT_FOCAL,
                                 distance: float = DEFAULT_DISTANCE) -> Path:
-    """One ``transforms.json`` for several orbit rings: ``rings`` = ``(n_views, elevation_deg, image names)``
-    each (view i of a ring at azimuth i * 360 / n_views); the frames of the rings in that order."""
+    """One ``transforms.json`` for several orbit rings: ``rings`` = ``(n_views, elevation_deg, image names or
+    None)`` each (view i of a ring at azimuth i * 360 / n_views); the frames of the rings in that order.
+    ``path``: the file (a directory gets ``transforms.json`` appended)."""
     path = Path(path)
     if path.is_dir():
         path = path / "transforms.json"
