@@ -420,6 +420,13 @@ def test_plain_progress_lines_show_the_step_within_a_view():
         click.echo = real
     assert "view 0/?, step 3/76 of the next" in lines[0] and "view 1/35" in lines[1] and "ETA" in lines[1]
     assert "ETA after the first view" in lines[0] and "nan" not in lines[0]        # no estimate before a view is done
+    known = _ViewProgress("photo.png: orbit", quiet=False, every=0.0, total=47)   # the run knows its views
+    try:
+        click.echo = lambda message, err=False: lines.append(message)
+        known.step(1, 76)
+    finally:
+        click.echo = real
+    assert "view 0/47, step 1/76 of the next" in lines[2]
 
 
 def test_missing_animation_writers_are_refused_before_the_model_loads(tiny_checkpoint, photo, tmp_path,

@@ -258,7 +258,7 @@ def _run_together(jobs, failures, targets, cfg, noise, engine, ckpt, source, con
     total = len(images) * cfg.generated_views
     done_views: dict[int, int] = {}
     label = f"{len(images)} photos: orbits, {batch} at a time" + (f", {gpus} GPUs" if gpus > 1 else "")
-    with _ViewProgress(label, quiet) as progress:
+    with _ViewProgress(label, quiet, total=total) as progress:
         def on_view(i: int, done: int, _total: int) -> None:
             done_views[i] = done
             progress.update(sum(done_views.values()), total)
@@ -362,7 +362,7 @@ class _ViewProgress:
     """Progress over the generated views: a rich bar with ETA on a terminal; otherwise a plain line per
     view at most every ``every`` seconds (and the last), so redirected output shows the run is alive."""
 
-    def __init__(self, label: str, quiet: bool, every: float = 10.0):
+    def __init__(self, label: str, quiet: bool, every: float = 10.0, total: int | None = None):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -370,13 +370,13 @@ class _ViewProgress:
         self.console = Console(stderr=True)
         self.t0 = time.perf_counter()
         self.last_line = -every
-        self.view_done, self.view_total = 0, None
+        self.view_done, self.view_total = 0, total         # views to generate, when known up front
         self.bar = None
         if not quiet and self.console.is_terminal:
             self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                 console=self.console)
-            self.task = self.bar.add_task(label, total=None)
+            self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):
         if self.bar is not None:
@@ -422,7 +422,8 @@ def _run_one(pipe, image, cfg, out_dir: Path, noise, overwrite: bool, resume: bo
     from vfrt.runtime.preprocess import ImageInputError
     from vfrt.runtime.run import RunError, run_to_folder
     keep = f"finished views are kept in {out_dir}.partial - run the same command again to resume"
-    with _ViewProgress(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", quiet) as progress:
+    with _ViewProgress(f"{Path(image).name}: {run_mode} ({pipe.backend}, {pipe.device})", quiet,
+                       total=cfg.generated_views) as progress:
         try:
             return run_to_folder(pipe, image, cfg, out_dir, noise=noise, overwrite=overwrite, resume=resume,
                                  on_view=progress.update, prepared=prepared, on_step=progress.step)
