@@ -108,6 +108,9 @@ def build_page(service: JobService) -> gr.Blocks:
                                               elem_id="auto-temp")
                         noise_mode = gr.Radio(["exact", "shared", "fast"], value=d.noise_mode, label="Noise",
                                               elem_id="noise-mode")
+                    low_ring = gr.Number(d.low_ring, precision=0, elem_id="low-ring",
+                                         label=f"Views on a ring {d.low_ring_polar:g}° below the orbit, so that the "
+                                               "mesh has an underside (0: none; orbit mode)")
                 with gr.Row():
                     generate_btn = gr.Button("Generate views", variant="primary", elem_id="generate")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -173,7 +176,7 @@ def build_page(service: JobService) -> gr.Blocks:
             return prepared.input_uint8(), Image.fromarray(prepared.mask.astype(np.uint8) * 255)
 
         def generate(path, extras, poses_text, mode_, segment_, views_, steps_, seed_, guidance_, eta_, elevation_,
-                     inference_temp_, auto_temp_, noise_mode_, polar_, azimuth_, radius_):
+                     inference_temp_, auto_temp_, noise_mode_, polar_, azimuth_, radius_, low_ring_):
             if not path:
                 raise gr.Error("Upload a photo first.")
             extras = (extras or []) if mode_ == "multi" else []
@@ -182,7 +185,8 @@ def build_page(service: JobService) -> gr.Blocks:
                 settings = JobSettings.parse(dict(
                     mode=mode_, segment=segment_, views=views_, steps=steps_, seed=seed_, guidance=guidance_,
                     eta=eta_, elevation=elevation_, inference_temp=inference_temp_, auto_temp=auto_temp_,
-                    noise_mode=noise_mode_, polar=polar_, azimuth=azimuth_, radius=radius_, extra_poses=poses))
+                    noise_mode=noise_mode_, polar=polar_, azimuth=azimuth_, radius=radius_, extra_poses=poses,
+                    low_ring=low_ring_ if mode_ == "orbit" else 0))
                 photos = [(Path(p).read_bytes(), Path(p).name) for p in [path, *extras]]
                 st = service.submit(photos, settings)
             except ServeError as exc:
@@ -223,7 +227,7 @@ def build_page(service: JobService) -> gr.Blocks:
             return {job_id: chosen, **show(st)} if _finished(st) else {job_id: chosen, status: describe(st)}
 
         inputs = [photo, extra_files, extra_poses, mode, segment, views, steps, seed, guidance, eta, elevation,
-                  inference_temp, auto_temp, noise_mode, polar, azimuth, radius]
+                  inference_temp, auto_temp, noise_mode, polar, azimuth, radius, low_ring]
         photo.change(preview, [photo, segment], [model_input, mask], show_progress="minimal")
         segment.change(preview, [photo, segment], [model_input, mask], show_progress="minimal")
         mode.change(lambda m: (gr.update(visible=m == "single"), gr.update(visible=m == "multi"), _auto_temp(m)),
