@@ -147,7 +147,7 @@ def bench_objects(objects: list[str], args: argparse.Namespace, device: torch.de
         volumes = {fmt: float(trimesh.load(p, force="mesh").volume) for fmt, p in res.mesh_paths.items()}
         rows.append({
             "object": name, "preset": args.preset, "overrides": args.set, "views": args.views, "size": args.size,
-            "low_ring": args.low_ring, "flat_base": json.loads((res.out_dir / "recon.json").read_text())["flat_base"],
+            "low_ring": args.low_ring, "flat_base": res.flat_base,
             "steps": cfg.steps, "backend": res.backend, "device": res.device,
             "wall_s": res.timings["total"], "cpu_s": cpu, "train_s": res.timings["train"],
             "extract_s": res.timings["extract"], "colour_s": res.timings["colour"], "timings_s": res.timings,

@@ -25,7 +25,6 @@ below the lowest surface point that some view sees clearly.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +32,6 @@ import torch
 
 from vfrt.recon.data import ReconData
 from vfrt.recon.visibility import iter_view_hits
-
-log = logging.getLogger(__name__)
 
 MIN_UP_BIAS = 0.25
 MIN_SEEN_COS = 0.25

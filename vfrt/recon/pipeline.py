@@ -42,6 +42,7 @@ class ReconResult:
     metrics: MeshMetrics | None = None
     colour: ColourMetrics | None = None
     notes: tuple[str, ...] = ()
+    flat_base: dict | None = None  # the floor found under the object, its unseen volume, whether it was cut
 
 
 def default_out_dir(input_dir: str | Path) -> Path:
@@ -153,13 +154,13 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
         metrics = evaluate_mesh(mesh, ref) if ref is not None else None
         colour = colour_psnr(textured or mesh, full, dev) if evaluate_colours else None
         result = ReconResult(out, paths, tt_path, len(mesh.vertices), len(mesh.faces), trained.backend, str(dev),
-                             trained.final_loss, timings, metrics, colour, data.notes)
+                             trained.final_loss, timings, metrics, colour, data.notes, base)
         summary = {
             "input": str(input_dir), "views": data.n_views, "cameras": data.source, "notes": list(data.notes),
             "image_size": [data.intrinsics.width, data.intrinsics.height],
             "backend": trained.backend, "device": str(dev), "final_loss": trained.final_loss,
             "final_inv_s": trained.final_inv_s,
-            "flat_base": base, "vertices": result.n_vertices, "faces": result.n_faces, "volume": float(mesh.volume),
+            "flat_base": result.flat_base, "vertices": result.n_vertices, "faces": result.n_faces, "volume": float(mesh.volume),
             "meshes": {k: str(v) for k, v in paths.items()}, "turntable": str(tt_path) if tt_path else None,
             "timings_s": timings, "metrics": metrics.to_dict() if metrics else None,
             "colour": colour.to_dict() if colour else None,

@@ -520,20 +520,22 @@ def _write_outputs(folder: Path, result, elevation: float) -> None:
         Image.fromarray(frame).save(folder / name)
     labels += [f"low ring: elev {elevation - math.degrees(p):.0f}°, az {math.degrees(a):.0f}°" for p, a, _ in low_poses]
     contact_sheet(frames + extra + low, labels).save(folder / "grid.png")
-    _write_cameras(folder, result, elevation, names, low_names)
+    _write_cameras(folder, result, elevation, names, list(zip(low_names, low_poses)))
     write_gif(folder / "orbit.gif", frames)
     write_mp4(folder / "orbit.mp4", frames)
 
 
-def _write_cameras(folder: Path, result, elevation: float, names: list[str], low_names: list[str]) -> None:
-    """cameras.json (every view) and, for a complete orbit, transforms.json (both rings when there is a low one)."""
+def _write_cameras(folder: Path, result, elevation: float, names: list[str], low: list[tuple[str, np.ndarray]]) -> None:
+    """cameras.json (every view) and, for a complete orbit, transforms.json (both rings when there is a low one).
+    ``low``: the low ring's (file name, (polar delta, azimuth, radius)) pairs."""
     from vfrt.runtime.cameras import Intrinsics, world_to_camera, write_transforms_json_rings
     n = len(names)
     complete = n == result.n_views
     size = result.inputs.shape[-1]
     k = Intrinsics.default(size)
-    ring_elevation = [elevation] * n + [elevation - math.degrees(p) for p, _, _ in result.low_ring_poses()]
-    azimuths = list(result.orbit_azimuths()) + [a for _, a, _ in result.low_ring_poses()]
+    low_names = [name for name, _ in low]
+    ring_elevation = [elevation] * n + [elevation - math.degrees(pose[0]) for _, pose in low]
+    azimuths = list(result.orbit_azimuths()) + [pose[1] for _, pose in low]
     cams = []
     for name, a, e in zip(names + low_names, azimuths, ring_elevation):
         w2c = world_to_camera(float(a), math.radians(e))
