@@ -17,6 +17,9 @@ build      `vfrt build-engines -c CKPT --device cuda` (fresh process, timed) int
 cli        fresh processes of `vfrt -v run examples/chair.png -c CKPT` with the engines (--cli-runs times):
            wall time, and process start -> "sampling N views" (the log line just before the first
            view's encode and first step) and -> first view done, timed by this process as lines arrive.
+captures   (CUDA only) in a fresh process, what the first orbit pays per new row count: for K = 1..25 in an
+           orbit's order, the first capture() (two eager warm-up steps + the capture, shapes never run
+           before), then a graph-replayed and an eager step (the data for a capture policy).
 orbit      in one process: load the engines, a first and a warm 36-view orbit of examples/chair.png
            (default sampler), step latency at K = 1, 12, 25 (CUDA-graph replay, CUDA events), peak memory
            (torch's allocator + what loading the packages took from the device: their weights bypass it;
@@ -46,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("ckpt", "toolchain", "build", "cli", "orbit", "fidelity", "torch")
+PHASES = ("ckpt", "toolchain", "build", "cli", "captures", "orbit", "fidelity", "torch")
 DEFAULT_PHASES = ("ckpt", "toolchain", "build", "cli", "orbit", "fidelity")
 T0 = time.perf_counter()
 IMAGE = ROOT / "examples" / "chair.png"
@@ -224,6 +227,9 @@ class Bench:
                            "--views", str(self.args.views), "--orbit-repeats", str(self.args.orbit_repeats),
                            "--step-repeats", str(self.args.step_repeats))
 
+    def phase_captures(self) -> dict:
+        return self.worker("captures", 300, "--engines", str(self.engine_dir()), "--device", self.args.device)
+
     def phase_fidelity(self) -> dict:
         self.need_ckpt()
         return self.worker("fidelity", 420, "--engines", str(self.engine_dir()), "--device", self.args.device,
@@ -366,6 +372,60 @@ def worker_orbit(args, work: Path) -> dict:
     return res
 
 
+def worker_captures(args, work: Path) -> dict:
+    """What a fresh process's first orbit pays per new row count: for K = 1..25 in the order an orbit meets
+    them, the first ``capture()`` at that K (two eager warm-up steps + the capture, cold shapes), then one
+    graph-replayed step (CUDA events) and one eager step (wall, synchronised), medians of 5."""
+    import torch
+
+    from vfrt.engines.config import EngineConfig
+    from vfrt.engines.engine_dir import load_engine
+    from vfrt.runtime.benchmark import bind_random_view
+    from vfrt.runtime.schedule import make_ddim_schedule
+    if torch.device(args.device).type != "cuda":
+        raise RuntimeError("the captures phase needs CUDA graphs")
+    engine = load_engine(Path(args.engines), EngineConfig(device=args.device))
+    sched = make_ddim_schedule(75, 1.0)
+    gen = torch.Generator().manual_seed(0)
+    steps = engine.step_cache
+    rows = []
+    for K in range(1, 26):
+        t = time.perf_counter()
+        den, _ = bind_random_view(engine, K, 256, sched, gen)
+        torch.cuda.synchronize()
+        bind_s = time.perf_counter() - t
+        steps.load(den.view, torch.randn((1, 4, 32, 32), generator=gen).cuda(),
+                   den.noise_bar(torch.randn((sched.num_steps, K, 4, 32, 32), generator=gen), (4, 32, 32)))
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        steps.capture()
+        torch.cuda.synchronize()
+        capture_s = time.perf_counter() - t
+        graph, eager = [], []
+        for _ in range(5):
+            steps.rewind()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            steps.replay(1)
+            b.record()
+            b.synchronize()
+            graph.append(a.elapsed_time(b))
+            steps.rewind()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            steps.step_eager()
+            torch.cuda.synchronize()
+            eager.append((time.perf_counter() - t) * 1e3)
+        rows.append({"K": K, "bind_s": round(bind_s, 4), "capture_s": round(capture_s, 4),
+                     "graph_ms": round(statistics.median(graph), 3), "eager_ms": round(statistics.median(eager), 3)})
+        say(f"K={K}: bind {bind_s:.3f} s, first capture {capture_s:.3f} s, step graph {rows[-1]['graph_ms']} ms, "
+            f"eager {rows[-1]['eager_ms']} ms")
+    return {"steps_per_view": sched.num_steps, "per_K": rows,
+            "capture_s_total": round(sum(r["capture_s"] for r in rows), 2),
+            "eager_minus_graph_s_per_view_total": round(sum((r["eager_ms"] - r["graph_ms"]) for r in rows)
+                                                        * sched.num_steps / 1e3, 2)}
+
+
 def worker_torch(args, work: Path) -> dict:
     import torch
 
@@ -462,7 +522,7 @@ def worker_fidelity(args, work: Path) -> dict:
     return res
 
 
-WORKERS = {"ckpt": worker_ckpt, "orbit": worker_orbit, "torch": worker_torch, "fidelity": worker_fidelity}
+WORKERS = {"ckpt": worker_ckpt, "captures": worker_captures, "orbit": worker_orbit, "torch": worker_torch, "fidelity": worker_fidelity}
 
 
 def run_worker(args) -> None:

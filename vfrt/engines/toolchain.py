@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -193,7 +194,9 @@ class LoadabilityCheck:
         (log.info if same else log.warning)(
             "checking once, in a child process, that code built by %s loads here (its libstdc++ %s, this process "
             "uses %s)", toolchain.cxx, toolchain.libstdcxx, self.loaded)
+        started = time.perf_counter()
         result = self.probe(Path(package), self.env)
+        log.info("the child %s in %.1f s", "loaded it" if result.ok else "failed", time.perf_counter() - started)
         verdict = {"ok": result.ok, "detail": result.detail, "preload": []}
         if not result.ok:
             verdict["preload"] = [lib for lib in preload_candidates(toolchain)
