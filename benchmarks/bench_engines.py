@@ -210,6 +210,8 @@ class Bench:
         res = {"rc": rc, "wall_s": round(wall, 2), "args": extra,
                "used_engines": any(line.startswith("engines: ") for _, _, line in lines),
                "start_to_sampling_s": first(r"sampling \d+ views"), "start_to_first_view_s": first(r"view 1/\d+ done"),
+               "start_to_outputs_written_s": first(r"wrote the outputs of"),
+               "start_to_last_line_s": round(lines[-1][0], 2) if lines else None,
                "not_used_note": next((line for _, _, line in lines if "not using the built engines" in line), None)}
         meta = out_dir / "run.json"
         if meta.exists():

@@ -36,7 +36,7 @@ def test_missing_checkpoint_says_what_to_get(photo, tmp_path, monkeypatch):
 
 def test_orbit_run_writes_a_complete_folder(tiny_checkpoint, photo, tmp_path):
     out = tmp_path / "orbit"
-    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8"))
+    res = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8", "--save-noise"))
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "views").iterdir()) == [f"{i:03d}.png" for i in range(8)]
     for name in ("transforms.json", "cameras.json", "grid.png", "noise.npz", "run.json", "orbit.gif", "orbit.mp4",
@@ -69,6 +69,13 @@ def test_orbit_run_writes_a_complete_folder(tiny_checkpoint, photo, tmp_path):
         a = np.asarray(Image.open(out / "views" / f"{i:03d}.png"))
         b = np.asarray(Image.open(tmp_path / "again" / "views" / f"{i:03d}.png"))
         assert np.array_equal(a, b)
+    # without --save-noise no bank is written, and the same (default) seed draws the same noise again
+    res4 = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, tmp_path / "seeded", "--views", "8"))
+    assert res4.exit_code == 0, res4.output
+    assert not (tmp_path / "seeded" / "noise.npz").exists()
+    for i in range(8):
+        assert np.array_equal(np.asarray(Image.open(out / "views" / f"{i:03d}.png")),
+                              np.asarray(Image.open(tmp_path / "seeded" / "views" / f"{i:03d}.png")))
     # an existing folder is not overwritten silently
     res3 = CliRunner().invoke(cli, _args(tiny_checkpoint, photo, out, "--views", "8"))
     assert res3.exit_code != 0 and "already exists" in res3.output

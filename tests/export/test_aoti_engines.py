@@ -73,7 +73,7 @@ def _tuple(x):
 def test_views_from_the_engines_equal_the_reference_backend(cpu_engines, tiny_model, photo, tmp_path):
     """`vfrt run --engines` (no checkpoint needed), then the fp32 reference replaying its noise."""
     backend, built = cpu_engines
-    res = _run(None, photo, tmp_path / "eng", "--engines", str(built.directory))
+    res = _run(None, photo, tmp_path / "eng", "--engines", str(built.directory), "--save-noise")
     assert res.exit_code == 0, res.output
     assert f"engines: {built.directory} ({backend}, float32" in res.output
     meta = json.loads((tmp_path / "eng" / "run.json").read_text())

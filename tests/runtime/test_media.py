@@ -57,6 +57,20 @@ def test_gif_and_mp4_hold_every_frame(tmp_path):
     assert means == pytest.approx([30, 200], abs=3)
 
 
+def test_gif_frames_stay_close_to_the_views(tmp_path):
+    """Smooth shaded views (a turntable's kind) come back from the 256-colour GIF within 35 dB PSNR."""
+    yy, xx = np.mgrid[0:96, 0:96] / 95.0
+    frames = [np.stack([xx * 255, yy * 255, np.full_like(xx, 40.0 * i)], -1).astype(np.uint8) for i in range(4)]
+    frames[2][30:60, 30:60] = (250, 250, 250)                       # a sharp-edged patch in one view
+    write_gif(tmp_path / "o.gif", frames)
+    with Image.open(tmp_path / "o.gif") as gif:
+        for i, want in enumerate(frames):
+            gif.seek(i)
+            got = np.asarray(gif.convert("RGB")).astype(np.float64)
+            mse = np.mean((got - want) ** 2)
+            assert 10 * np.log10(255 ** 2 / mse) > 35, i
+
+
 def test_unwritable_animation_is_a_media_error(tmp_path):
     with pytest.raises(MediaError, match="could not write o.mp4"):
         write_mp4(tmp_path / "missing" / "o.mp4", _frames(2))

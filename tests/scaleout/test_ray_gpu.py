@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 def test_gpu_workers_match_a_one_gpu_run(local_ray, photo_dir, tiny_checkpoint, tmp_path):
     import torch
     args = [str(photo_dir), "-c", str(tiny_checkpoint.ckpt), "--config", str(tiny_checkpoint.yaml), "--steps", "4",
-            "--views", "4", "--device", "cuda", "-q"]
+            "--views", "4", "--device", "cuda", "-q", "--save-noise"]
     res = CliRunner().invoke(cli, ["run", *args, "-o", str(tmp_path / "one")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["run", *args, "-o", str(tmp_path / "ray"), "--ray"])

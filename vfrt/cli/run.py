@@ -71,6 +71,9 @@ def _parse_extra(values) -> tuple:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--noise", "noise_path", type=click.Path(exists=True, dir_okay=False),
               help="Replay a run's noise bank (its noise.npz): the same views again, bit for bit.")
+@click.option("--save-noise", is_flag=True,
+              help="Also write noise.npz, every random draw (~0.75 GB for a 36-view orbit); without it the same "
+                   "--seed and settings draw the same noise again.")
 @click.option("--noise-mode", type=click.Choice(["exact", "shared", "fast"]), default="exact", show_default=True,
               help="exact: one replayable draw per reference and step (the original); shared: one draw shared by "
                    "the references (ViewFusion's real-image script); fast: the same distribution drawn on the "
@@ -116,7 +119,7 @@ def _parse_extra(values) -> tuple:
 @click.pass_context
 def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, generate, low_ring, low_ring_polar,
         polar, azimuth, radius,
-        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, noise_mode, no_preprocess,
+        extra_input, steps, guidance, eta, inference_temp, auto_temp, seed, noise_path, save_noise, noise_mode, no_preprocess,
         segment, elevation, device, backend, dtype, compile_unet, engines_dir, no_engines, out, overwrite, no_resume,
         ray_address, batch, gpus, ray_workers, ray_gpus_per_worker):
     """Generate novel views of the object in each of IMAGES (RGBA photos with the background removed work best;
@@ -146,7 +149,8 @@ def run(ctx, images, checkpoint, config, trust_checkpoint, no_ema, mode, views, 
                                          **({} if auto_temp is None else {"auto_temp": auto_temp}))
         cfg = RunConfig(mode=run_mode, views=views, generate=generate, delta_polar=polar, delta_azimuth=azimuth,
                         delta_radius=radius, preprocess=not no_preprocess, elevation=elevation, extra_inputs=extras,
-                        sampler=sampler, segment=segment, low_ring=low_ring, low_ring_polar=low_ring_polar)
+                        sampler=sampler, segment=segment, low_ring=low_ring, low_ring_polar=low_ring_polar,
+                        save_noise=save_noise)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if engines_dir and no_engines:

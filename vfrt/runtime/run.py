@@ -14,7 +14,8 @@ Layout of a finished orbit folder ``OUT/``::
                                       vfrt/runtime/segment.py), when preprocessing
     inputs/                           copies of the input photos as given (0_<name> = IMAGE); each
                                       --extra-input also gets <i>_<stem>.input.png / .mask.png
-    noise.npz                         the noise bank: `--noise OUT/noise.npz` reproduces the run
+    noise.npz                         with --save-noise: the noise bank, `--noise OUT/noise.npz` replays it
+                                      (without it, the same --seed and settings draw the same noise)
     run.json                          parameters, timings, inputs (with the segmentation method),
                                       references and weights per view
 
@@ -73,6 +74,10 @@ class RunConfig:
         low_ring: orbit mode: this many more views on a second ring, after the complete orbit (0: none;
             a vfrt extension: :func:`vfrt.runtime.poses.plan_low_ring`).
         low_ring_polar: how far below the input's elevation that ring is (degrees, the polar delta).
+        save_noise: also write ``noise.npz``, every random draw of the run (``--noise`` replays it). Off by
+            default: a seeded run's draws come from the torch CPU generator, so the same seed and settings
+            give them again, and a 36-view "exact" orbit's bank is ~0.75 GB (S x K_v x C x h x w floats per
+            view). A choice of what to write, not of what is generated: not part of the resume fingerprint.
     """
 
     mode: Mode = "orbit"
@@ -89,6 +94,7 @@ class RunConfig:
     segment: SegmentMethod = "auto"
     low_ring: int = 0
     low_ring_polar: float = 45.0
+    save_noise: bool = False
 
     def __post_init__(self):
         if self.mode not in ("orbit", "single", "multi"):
@@ -156,7 +162,8 @@ def check_pose_delta(polar: float, azimuth: float, radius: float, elevation: flo
 
 def run_fingerprint(image: Path, cfg: RunConfig, noise: NoiseBank | None, backend: str, resolution: int) -> dict:
     """What a resumable partial folder must match: the settings, the photo's bytes, the noise, the engine."""
-    fingerprint = {"config": asdict(cfg), "image_sha256": _sha256(image),
+    settings = {k: v for k, v in asdict(cfg).items() if k != "save_noise"}      # what is written, not generated
+    fingerprint = {"config": settings, "image_sha256": _sha256(image),
                    "noise_sha256": None if noise is None else hashlib.sha256(
                        b"".join(a.tobytes() for a in noise.x_T + noise.step_noise)).hexdigest(),
                    "backend": backend, "resolution": resolution}
@@ -415,9 +422,10 @@ class RunFolder:
     def finish(self, result, seconds: float) -> Path:
         """Write every output of ``result`` (a :class:`GenerationResult`) and rename the folder to ``OUT``."""
         partial, cfg = self.partial, self.cfg
+        started = time.perf_counter()
         try:
             inputs_meta = _write_inputs(partial, self.photos, self.prepared, cfg)
-            _write_outputs(partial, result, cfg.elevation)
+            _write_outputs(partial, result, cfg.elevation, save_noise=cfg.save_noise)
         except MediaError as exc:
             raise RunError(f"{exc}; the generated views are kept in {partial} - run the same command again "
                            "to retry the outputs") from exc
@@ -428,6 +436,7 @@ class RunFolder:
         if self.out.exists():
             shutil.rmtree(self.out)
         partial.rename(self.out)
+        log.info("wrote the outputs of %s in %.1f s", self.out, time.perf_counter() - started)
         return self.out
 
 
@@ -452,9 +461,10 @@ def _write_inputs(folder: Path, photos: list[Path], prepared: list[PreparedImage
     return meta
 
 
-def save_result(result, folder: str | Path, *, elevation: float = 30.0, overwrite: bool = False) -> Path:
+def save_result(result, folder: str | Path, *, elevation: float = 30.0, overwrite: bool = False,
+                save_noise: bool = False) -> Path:
     """Write a :class:`~vfrt.runtime.pipeline.GenerationResult` as the folder ``vfrt run`` writes (views,
-    cameras / transforms.json, labelled grid, orbit.gif/.mp4, noise.npz, run.json), atomically: into a
+    cameras / transforms.json, labelled grid, orbit.gif/.mp4, run.json; noise.npz with ``save_noise``), atomically: into a
     temporary sibling first, renamed when complete. The input photos themselves are not part of a result:
     ``inputs/`` and ``mask.png`` are written by :func:`run_to_folder` only."""
     out = Path(folder)
@@ -464,7 +474,7 @@ def save_result(result, folder: str | Path, *, elevation: float = 30.0, overwrit
         raise ValueError(f"elevation must be within -90..90 degrees, got {elevation:g}")
     try:
         with atomic_folder(out) as tmp:
-            _write_outputs(tmp, result, elevation)
+            _write_outputs(tmp, result, elevation, save_noise=save_noise)
             (tmp / "run.json").write_text(json.dumps({**_result_meta(result, result.seconds), "elevation": elevation},
                                                      indent=2))
     except OSError as exc:
@@ -484,10 +494,10 @@ def _result_meta(result, seconds: float) -> dict:
                                 for v in range(len(result.images))]}
 
 
-def _write_outputs(folder: Path, result, elevation: float) -> None:
+def _write_outputs(folder: Path, result, elevation: float, *, save_noise: bool) -> None:
     views = folder / "views"
     views.mkdir(exist_ok=True)
-    if result.noise is not None:      # "fast" noise mode: drawn on the device, nothing to replay
+    if save_noise and result.noise is not None:      # None: "fast" noise mode, drawn on the device
         result.noise.save(folder / "noise.npz")
     if result.mode == "single":
         _save_png(views / "input.png", result.inputs[0])

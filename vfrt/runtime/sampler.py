@@ -8,7 +8,8 @@ Noise modes (what is drawn per DDIM step for a target view with K references):
 
 ==========  ================================================================================
 "exact"     K independent normal draws, one per reference (the original ``my_ddim``), drawn on
-            the host from the seed and recorded: a run replays bit-exactly from ``noise.npz``.
+            the host from the seed (torch's CPU generator: the same seed draws them again) and recorded:
+            ``vfrt run --save-noise`` writes them to ``noise.npz``, which replays bit-exactly.
 "shared"    one draw shared by the K references (ViewFusion's real-image script,
             ``my_ddim_pred_e``); recorded and replayable.
 "fast"      the weighted sum ``sum_k w_k n_k`` drawn directly on the device as one normal scaled
