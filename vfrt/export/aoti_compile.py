@@ -4,7 +4,9 @@ The child process of a parallel AOTInductor build (:func:`vfrt.export.aoti.expor
 the ``ExportedProgram`` the parent saved with ``torch.export.save`` and compiles it exactly as the
 in-process build does (:func:`vfrt.export.aoti.compile_package`: cuDNN's SDPA disabled). Exit status 0
 when the package is written; otherwise the traceback, then one last line ``TypeName: message`` that the
-parent reports. It exits when its parent dies, taking the compiler processes of its process group along.
+parent reports. When its standard input reaches its end - the parent's pipe closes as the parent dies
+(:func:`vfrt.export.jobs.run_children`) - it stops at once, with the compiler processes of its process
+group: a build that was killed leaves no compiler running.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     program_path, package_path, device_name = argv
-    _exit_with_parent(os.getppid())
+    _exit_at_end_of_input()
     import torch
 
     from vfrt.export.aoti import compile_package
@@ -41,16 +42,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Stop this process (and its process group, when it leads one) once ``parent`` is gone: a build that
-    was killed leaves no compiler running."""
+def _exit_at_end_of_input() -> None:
+    """Stop this process (and its process group, when it leads one) once standard input ends."""
     def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
+        try:
+            while os.read(0, 4096):       # no buffered reader: its lock would stall the exit
+                pass
+        except OSError:                   # no standard input to watch
+            return
         if os.getpgid(0) == os.getpid():
             os.killpg(os.getpid(), signal.SIGKILL)
         os._exit(1)
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=watch, name="exit-at-end-of-input", daemon=True).start()
 
 
 if __name__ == "__main__":

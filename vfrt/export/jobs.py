@@ -5,12 +5,15 @@ and :func:`run_children`, which runs compiler child processes a few at a time.
 child processes (:mod:`vfrt.export.aoti`) schedules them with :func:`run_children`. A compile is mostly
 single-threaded C++ and Triton work, so on a many-core machine several children finish in about the time
 of the longest one. Each child runs in a process group of its own, so stopping it also stops the
-compiler processes it started; nothing is left running when a build fails or is interrupted.
+compiler processes it started; nothing is left running when a build fails or is interrupted. A child's
+standard input is a pipe this process never writes to: it reaches its end when this process dies, even
+by SIGKILL, which is how a child notices that nobody waits for it any more.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -25,6 +28,8 @@ from vfrt.engines.specs import NetworkSpec
 
 log = logging.getLogger(__name__)
 
+#: an output line that states an error: ``SomeError: ...`` (a traceback's last line), or the interpreter's own
+_ERROR_LINE = re.compile(r"^([\w.]+(Error|Exception|Interrupt|Exit)\b|Fatal Python error)")
 #: how long a stopped child may take to exit after SIGTERM before its process group gets SIGKILL
 STOP_GRACE_S = 5.0
 
@@ -76,19 +81,27 @@ class _Running:
     started: float = field(default_factory=time.perf_counter)
 
     def failure(self) -> str:
-        """The child's last non-blank output line (its one-line error), with how it exited."""
+        """The child's last error line (else its last non-blank output line), with how it exited."""
         self.output.seek(0)
         lines = [line.strip() for line in self.output.read().decode(errors="replace").splitlines() if line.strip()]
         code = self.process.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        log.debug("%s's compiler child (%s) said:\n%s", self.job.network, how, "\n".join(lines[-40:]))
-        return f"{lines[-1][:400]} ({how})" if lines else how
+        log.debug("%s's child (%s) said:\n%s", self.job.network, how, "\n".join(lines[-40:]))
+        errors = [line for line in lines if _ERROR_LINE.match(line)]
+        said = (errors or lines)[-1:]
+        return f"{said[0][:400]} ({how})" if said else how
+
+    def close(self) -> None:
+        self.output.close()
+        self.process.stdin.close()
 
     def signal_group(self, signum: int) -> None:
+        """Signal the child's process group (the child and the compilers it started)."""
         try:
             os.killpg(self.process.pid, signum)
         except (ProcessLookupError, PermissionError):     # the whole group has exited already
-            pass
+            if self.process.poll() is None:
+                self.process.send_signal(signum)
 
 
 def run_children(jobs: Iterable[ChildJob], workers: int, *, env: Mapping[str, str] | None = None,
@@ -123,7 +136,7 @@ def run_children(jobs: Iterable[ChildJob], workers: int, *, env: Mapping[str, st
                     if child.process.returncode != 0:
                         raise ExportJobError(child.job.network, child.failure())
                 finally:
-                    child.output.close()
+                    child.close()
                 if on_done is not None:
                     on_done(child.job.network, time.perf_counter() - child.started)
     finally:
@@ -134,7 +147,7 @@ def _start(job: ChildJob, env: Mapping[str, str] | None) -> _Running:
     output = tempfile.TemporaryFile()
     log.debug("starting %s's child: %s", job.network, " ".join(job.argv))
     try:
-        process = subprocess.Popen(job.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(job.argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
                                    env=None if env is None else dict(env), start_new_session=True)
     except BaseException:
         output.close()
@@ -154,5 +167,5 @@ def _stop(running: list[_Running]) -> None:
             pass
         child.signal_group(signal.SIGKILL)
         child.process.wait()
-        child.output.close()
+        child.close()
         log.debug("stopped %s's compiler child", child.job.network)
