@@ -49,9 +49,10 @@ from vfrt.export.jobs import ChildDone, ChildJob, ExportJob, ExportJobError, one
 
 log = logging.getLogger(__name__)
 
-#: the order of a parallel build's compiles: longest first (as measured on a GPU), so that the UNet's, the
-#: build's critical path, starts at once and the short ones fill the slots beside it
+#: the order of a parallel build's compiles: longest first (their compile times on a GPU), so that the UNet's,
+#: the build's critical path, starts at once and the short ones fill the slots beside it
 COMPILE_ORDER = ("unet_step", "clip_image", "vae_decoder", "vae_encoder", "conditioning", "time_embedding")
+
 
 def inductor_compiler() -> str:
     """The C++ compiler Inductor will call (``$CXX``, else g++)."""

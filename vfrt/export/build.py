@@ -394,7 +394,8 @@ def _export(exporter: Exporter, build: BuildConfig, jobs: list[ExportJob], devic
             report: Progress) -> dict[str, ExportedNetwork]:
     """Export every job (:meth:`Exporter.export_all`), reporting each network as it finishes."""
     workers = build.workers()
-    report(f"exporting {len(jobs)} networks" + (f", up to {workers} at once" if workers > 1 else ""), 2, _STEPS)
+    at_once = min(workers, len(jobs)) if exporter.export_many is not None else 1
+    report(f"exporting {len(jobs)} networks" + (f", up to {at_once} at once" if at_once > 1 else ""), 2, _STEPS)
     finished: list[str] = []
 
     def on_done(name: str, seconds: float) -> None:
