@@ -85,7 +85,8 @@ def test_automatic_jobs_are_a_quarter_of_the_cores_and_at_most_one_per_network(m
     assert BuildConfig(jobs=3).workers() == 3 and BuildConfig(jobs=64).workers() == 64
 
 
-def test_the_cli_passes_jobs_on_and_refuses_bad_values(monkeypatch, tmp_path):
+def test_the_cli_passes_jobs_on(monkeypatch, tmp_path):
+    """(Bad values: tests/cli/test_build_engines_cli.py.)"""
     seen = []
 
     def fake_build(checkpoint, cfg, **kwargs):
@@ -98,11 +99,6 @@ def test_the_cli_passes_jobs_on_and_refuses_bad_values(monkeypatch, tmp_path):
     assert res.exit_code == 1 and "stopped by the test" in res.output and seen[-1].jobs == 3
     res = CliRunner().invoke(cli, ["build-engines", "-c", str(ckpt), "--device", "cpu"])
     assert res.exit_code == 1 and seen[-1].jobs is None
-    for bad in ("0", "65", "two"):
-        res = CliRunner().invoke(cli, ["build-engines", "-c", str(ckpt), "--device", "cpu", "--jobs", bad])
-        assert res.exit_code == 2 and "--jobs" in res.output and "Traceback" not in res.output
-    assert len(seen) == 2
-    assert "--jobs" in CliRunner().invoke(cli, ["build-engines", "--help"]).output
 
 
 # -------------------------------------------------------------------------------------------- scheduler
