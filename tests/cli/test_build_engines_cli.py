@@ -15,13 +15,16 @@ def test_help_lists_the_build():
     res = CliRunner().invoke(cli, ["--help"])
     assert res.exit_code == 0 and "build-engines" in res.output
     res = _build("--help")
-    assert res.exit_code == 0 and "--max-refs" in res.output and "aoti" in res.output
+    assert res.exit_code == 0 and "--max-refs" in res.output and "aoti" in res.output and "--jobs" in res.output
 
 
 @pytest.mark.parametrize("args, match", [
     (["--device", "cpu", "--precision", "fp16"], "need a CUDA device"),
     (["--device", "tpu"], "unknown device"),
     (["--max-refs", "0"], "0 is not in the range"),
+    (["--jobs", "0"], "0 is not in the range"),
+    (["--jobs", "65"], "65 is not in the range"),
+    (["--jobs", "two"], "'two' is not a valid integer"),
     (["--backend", "tensorrt-llm"], "Invalid value for '--backend'"),
     (["--backend", "tensorrt", "--device", "cpu"], "tensorrt engines run on cuda, not cpu"),
     (["--backend", "onnxruntime", "--device", "cpu", "--precision", "fp16"], "need a CUDA device"),

@@ -76,13 +76,15 @@ def _cli_build(tiny_checkpoint, tmp_path_factory, name: str, *args: str) -> Buil
 
 @pytest.fixture(scope="session")
 def aoti_engines(tiny_checkpoint, tmp_path_factory):
-    """Compiles six C++ packages: minutes on two busy cores, hence once per session."""
+    """Compiles six C++ packages: minutes on two busy cores, hence once per session. Two at a time, each in
+    a child process (``--jobs 2``): every test of these engines exercises the parallel build, which
+    verified each network against PyTorch before publishing."""
     import shutil
 
     from vfrt.export.aoti import inductor_compiler
     if shutil.which(inductor_compiler()) is None:
         pytest.skip(f"AOTInductor needs a C++ compiler ({inductor_compiler()} not found)")
-    return _cli_build(tiny_checkpoint, tmp_path_factory, "aoti", "--device", "cpu")
+    return _cli_build(tiny_checkpoint, tmp_path_factory, "aoti", "--device", "cpu", "--jobs", "2")
 
 
 @pytest.fixture(scope="session")

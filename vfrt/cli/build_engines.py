@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from vfrt.export.build import EXPORTERS
+from vfrt.export.build import EXPORTERS, MAX_JOBS
 
 #: --precision spelling -> the engine precision
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -30,8 +30,12 @@ PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
               help="Engine directory to write [default: vfrt's cache, where `vfrt run -c CKPT` finds it].")
 @click.option("--force", is_flag=True, help="Rebuild even if matching engines exist.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the built networks with PyTorch before publishing.")
+@click.option("-j", "--jobs", type=click.IntRange(1, MAX_JOBS), default=None,
+              help="aoti: networks compiled at once, each in a child process (the build then takes about as long "
+                   "as the UNet's compile); 1 compiles them one after another in this process "
+                   "[default: one per 4 CPU cores, at most one per network].")
 def build_engines(checkpoint, config, trust_checkpoint, no_ema, backend, precision, max_refs, device, out, force,
-                  no_verify):
+                  no_verify, jobs):
     """Export every network once (UNet step, VAE, CLIP, conditioning, time embedding) into an engine directory.
 
     `vfrt run -c CKPT` then finds and loads them in about a second instead of parsing the checkpoint and
@@ -46,7 +50,7 @@ def build_engines(checkpoint, config, trust_checkpoint, no_ema, backend, precisi
 
     try:
         cfg = BuildConfig(backend=backend, device=device, precision=PRECISIONS[precision] if precision else None,
-                          max_refs=max_refs, use_ema=not no_ema, verify=not no_verify, force=force)
+                          max_refs=max_refs, use_ema=not no_ema, verify=not no_verify, force=force, jobs=jobs)
         cfg.resolve()           # a missing GPU or fp16 on the CPU stops here, before the weights load
     except BuildError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -10,6 +10,11 @@ time, and the packages must also serve the C++ runtime). Tracing and compiling r
 SDPA disabled, so the attention kernel baked into the package is flash / memory-efficient
 attention: cuDNN's plans every new row count once, and an orbit meets 25 of them.
 
+A build with several jobs (``vfrt build-engines --jobs N``, :func:`export_in_children`) traces the networks
+here and compiles each in a child process (:mod:`vfrt.export.aoti_compile`), up to N at once: a compile is
+mostly single-threaded code generation and C++ / Triton compilation, so the build then takes about as long
+as its longest compile (the UNet's) instead of the sum of all six.
+
 Before anything is compiled, :func:`prepare` makes sure this process can load what the compiler
 will produce (:mod:`vfrt.engines.toolchain`): when the compiler's libstdc++ is not the one this
 process uses, a tiny package is compiled once per toolchain and probe-loaded in a child.
@@ -20,22 +25,33 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 import torch._inductor
 from torch import nn
 
+import vfrt
 from vfrt.engines.executors.aoti import SUFFIX  # noqa: F401 - the exporter's artifact suffix (build.py reads it here)
 from vfrt.engines.fingerprint import cache_dir
 from vfrt.engines.specs import AxisRange, NetworkSpec
 from vfrt.engines.toolchain import LoadabilityCheck, Toolchain, describe_compiler, loaded_libstdcxx
+from vfrt.export.jobs import ChildDone, ChildJob, ExportJob, ExportJobError, one_line, run_children
 
 log = logging.getLogger(__name__)
 
+#: the order of a parallel build's compiles: longest first (their compile times on a GPU), so that the UNet's,
+#: the build's critical path, starts at once and the short ones fill the slots beside it
+COMPILE_ORDER = ("unet_step", "clip_image", "vae_decoder", "vae_encoder", "conditioning", "time_embedding")
 
 
 def inductor_compiler() -> str:
@@ -113,27 +129,94 @@ def _example_sizes(spec: NetworkSpec) -> dict[str, int]:
 
 
 def export_network(spec: NetworkSpec, module: nn.Module, path: Path, device: torch.device) -> NetworkSpec:
-    """Trace ``module`` (the network of ``spec``) and compile it into the package ``path``.
+    """Trace ``module`` (the network of ``spec``) and compile it into the package ``path``, in this process.
 
-    Returns the spec the package was built for (the given one; an axis whose minimum cannot be traced
-    symbolically is narrowed, with a warning).
+    Returns the spec the package was built for (see :func:`trace_network`).
+    """
+    program, spec = trace_network(spec, module, device)
+    compile_package(program, path)
+    return spec
+
+
+def trace_network(spec: NetworkSpec, module: nn.Module, device: torch.device):
+    """``torch.export`` of ``module`` (the network of ``spec``) over the spec's dynamic axes.
+
+    Returns ``(ExportedProgram, spec it was traced for)``: the given spec, or, when an axis whose minimum
+    cannot be traced symbolically (a size-1 minimum the tracer specialises), that axis narrowed, with a warning.
     """
     import torch._dynamo
     generator = torch.Generator().manual_seed(0)
     inputs = spec.sample_inputs(_example_sizes(spec), device=device, generator=generator)
     axes = dict(spec.axes)
     try:
-        program = _trace(spec, module, inputs, axes)
-    except torch._dynamo.exc.UserError as exc:      # e.g. a size-1 minimum the tracer specialises
+        return _trace(spec, module, inputs, axes), spec
+    except torch._dynamo.exc.UserError as exc:
         narrowed = {n: AxisRange(max(2, r.min), max(2, r.opt), r.max) if r.max >= 2 else r for n, r in axes.items()}
         log.warning("%s: tracing with the axis minimum failed (%s); building for %s", spec.name,
                     str(exc).splitlines()[0][:200], {n: (r.min, r.max) for n, r in narrowed.items()})
-        axes = narrowed
-        program = _trace(spec, module, inputs, axes)
-        spec = NetworkSpec(spec.name, spec.inputs, spec.outputs, tuple(axes.items()))
+        program = _trace(spec, module, inputs, narrowed)
+        return program, NetworkSpec(spec.name, spec.inputs, spec.outputs, tuple(narrowed.items()))
+
+
+def compile_package(program, path: Path) -> None:
+    """Compile a traced program (an ``ExportedProgram``) into the AOTInductor package ``path``."""
     with torch.no_grad(), _without_cudnn_attention():
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return spec
+
+
+def export_in_children(jobs: Sequence[ExportJob], device: torch.device, workers: int,
+                       on_done: ChildDone) -> dict[str, NetworkSpec]:
+    """Export ``jobs`` with up to ``workers`` compiles at once, each in a child process.
+
+    The networks are traced here one after another, in :data:`COMPILE_ORDER`, each saved into a staging
+    folder beside the packages and handed to a ``python -m vfrt.export.aoti_compile`` child as soon as a
+    slot is free: the UNet's compile, the build's longest, starts first and the rest run beside it. The
+    staging folder is removed before this returns. ``on_done(network, seconds)`` is called as each
+    package is written (seconds: its trace and compile). Returns {network: the spec its package was built for}.
+
+    Raises:
+        ExportJobError: naming the network whose trace or compile failed (the other children are stopped).
+    """
+    workers = max(1, min(workers, len(jobs)))
+    rank = {name: i for i, name in enumerate(COMPILE_ORDER)}
+    ordered = sorted(jobs, key=lambda job: rank.get(job.network, len(rank)))
+    staging = Path(tempfile.mkdtemp(prefix=".traced-", dir=ordered[0].path.parent))
+    specs: dict[str, NetworkSpec] = {}
+    trace_seconds: dict[str, float] = {}
+
+    def children():
+        for job in ordered:
+            started = time.perf_counter()
+            program_path = staging / f"{job.network}.program.pt2"
+            try:
+                program, specs[job.network] = trace_network(job.spec, job.module, device)
+                torch.export.save(program, str(program_path))
+            except Exception as exc:  # noqa: BLE001 - tracer errors of every kind
+                raise ExportJobError(job.network, one_line(exc)) from exc
+            del program
+            trace_seconds[job.network] = time.perf_counter() - started
+            log.info("traced %s in %.1f s; compiling it in a child", job.network, trace_seconds[job.network])
+            yield ChildJob(job.network, (sys.executable, "-m", "vfrt.export.aoti_compile", str(program_path),
+                                         str(job.path), str(device)))
+    try:
+        run_children(children(), workers, env=child_environment(workers),
+                     on_done=lambda name, seconds: on_done(name, trace_seconds[name] + seconds))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {job.network: specs[job.network] for job in jobs}
+
+
+def child_environment(workers: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment of a compiling child: this process's, with the machine's cores shared among
+    ``workers`` children (``TORCHINDUCTOR_COMPILE_THREADS``, unless set) and this ``vfrt`` importable
+    (``PYTHONPATH``: the parent may run from a source tree)."""
+    env = dict(environ)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    source = str(Path(vfrt.__file__).resolve().parents[1])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if source not in paths and source not in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
+        env["PYTHONPATH"] = os.pathsep.join([source, *paths])
+    return env
 
 
 @contextmanager

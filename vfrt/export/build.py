@@ -1,8 +1,9 @@
 """``vfrt build-engines``: every network of the spec table, exported once into an engine directory.
 
 :func:`build_engines` loads the weights once, builds the six engine networks
-(:func:`vfrt.engines.specs.build_networks`), exports each with the chosen backend's exporter,
-writes the manifest, **verifies** the result (loads it like a run would and compares every network
+(:func:`vfrt.engines.specs.build_networks`), exports them with the chosen backend's exporter (one after
+another, or, where the exporter compiles in child processes - AOTInductor - up to ``BuildConfig.jobs``
+at once), writes the manifest, **verifies** the result (loads it like a run would and compares every network
 with its PyTorch module on fresh sample inputs, recording the largest error in the manifest) and
 only then **publishes** it: the directory is built under a temporary name beside the target and
 renamed into place, while a file lock keeps a second process building the same engines waiting
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, get_args
+from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from vfrt.engines.engine_dir import (MANIFEST_NAME, BackendLoader, CheckpointEnt
 from vfrt.engines.executors import EagerExecutor
 from vfrt.engines.fingerprint import DigestIndex, sha256_file
 from vfrt.engines.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_REFS, NETWORK_NAMES, NetworkSpec, Networks
+from vfrt.export.jobs import ExportJob, ExportJobError, one_line
 from vfrt.hardware import DeviceError, resolve_device
 from vfrt.version import __version__
 
@@ -57,6 +59,8 @@ BUILD_ORDER = ("time_embedding", "conditioning", "clip_image", "vae_encoder", "v
 #: in that precision and differ only in kernel choice and summation order; a wrong graph (a weight, a
 #: layout, an op) is off by O(1), far above these.
 TOLERANCE: dict[str, float] = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
+#: the most networks a build compiles at once (``BuildConfig.jobs``)
+MAX_JOBS = 64
 
 
 class BuildError(RuntimeError):
@@ -77,6 +81,13 @@ class ExportedNetwork:
     spec: NetworkSpec
     extra_files: tuple[str, ...] = ()
     record: Mapping[str, Any] | None = None
+
+
+#: called as each network's export finishes: (network, seconds it took)
+ExportDone = Callable[[str, float], None]
+#: ``(jobs, device, workers, on_done) -> {network: ExportedNetwork}``: exports several networks with up to
+#: ``workers`` at once; raises :class:`~vfrt.export.jobs.ExportJobError` naming a network that failed
+ExportMany = Callable[[Sequence[ExportJob], torch.device, int, ExportDone], Mapping[str, ExportedNetwork]]
 
 
 def _needs_a_gpu() -> bool:
@@ -102,6 +113,8 @@ class Exporter:
         precisions: the precisions the backend builds.
         check_tools: raises (saying what to install) when a package the build needs does not import;
             cheap, so a missing package stops a build before the weights are read (:meth:`BuildConfig.resolve`).
+        export_many: exports several networks at once (:data:`ExportMany`), for a build with more than one
+            worker; None: the build calls ``export`` for one network after another.
     """
 
     suffix: str
@@ -111,11 +124,37 @@ class Exporter:
     builds_without_gpu: Callable[[], bool] = _needs_a_gpu
     precisions: tuple[str, ...] = get_args(Precision)
     check_tools: Callable[[], object] = _no_tools_to_import
+    export_many: ExportMany | None = None
+
+    def export_all(self, jobs: Sequence[ExportJob], device: torch.device, workers: int,
+                   on_done: ExportDone) -> dict[str, ExportedNetwork]:
+        """Export every job: with ``export_many`` when there is one and ``workers`` > 1, else one after
+        another in this process, in the order given. ``on_done`` is called as each network finishes.
+
+        Raises:
+            ExportJobError: naming the network whose export failed.
+        """
+        if workers > 1 and self.export_many is not None:
+            return dict(self.export_many(jobs, device, workers, on_done))
+        exported = {}
+        for job in jobs:
+            started = time.perf_counter()
+            try:
+                exported[job.network] = self.export(job.spec, job.module, job.path, device)
+            except Exception as exc:  # noqa: BLE001 - tracer and compiler errors of every kind
+                raise ExportJobError(job.network, one_line(exc)) from exc
+            on_done(job.network, time.perf_counter() - started)
+        return exported
 
 
 def _aoti() -> Exporter:
     from vfrt.export import aoti
-    return Exporter(aoti.SUFFIX, aoti.prepare, lambda *args: ExportedNetwork(aoti.export_network(*args)))
+
+    def export_many(jobs, device, workers, on_done) -> dict[str, ExportedNetwork]:
+        return {name: ExportedNetwork(spec)
+                for name, spec in aoti.export_in_children(jobs, device, workers, on_done).items()}
+    return Exporter(aoti.SUFFIX, aoti.prepare, lambda *args: ExportedNetwork(aoti.export_network(*args)),
+                    export_many=export_many)
 
 
 def _onnxruntime() -> Exporter:
@@ -179,6 +218,9 @@ class BuildConfig:
         use_ema: build from the EMA weights (as sampling does by default).
         verify: compare every built network with PyTorch before publishing.
         force: rebuild even if usable engines exist.
+        jobs: how many networks are compiled at once where the backend compiles in child processes
+            (aoti); None: a quarter of the CPU cores, at least 1, at most one per network
+            (:meth:`workers`). 1: every network in this process, one after another.
     """
 
     backend: BackendName = "aoti"
@@ -189,6 +231,7 @@ class BuildConfig:
     use_ema: bool = True
     verify: bool = True
     force: bool = False
+    jobs: int | None = None
 
     def __post_init__(self):
         if self.backend not in EXPORTERS:
@@ -199,6 +242,16 @@ class BuildConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1023:
                 raise BuildError(f"{name} must be an integer in 1..1023, got {value!r}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool)
+                                      or not 1 <= self.jobs <= MAX_JOBS):
+            raise BuildError(f"jobs must be an integer in 1..{MAX_JOBS} (or None: automatic), got {self.jobs!r}")
+
+    def workers(self) -> int:
+        """How many networks compile at once: ``jobs``, or, automatically, one per 4 CPU cores (Inductor
+        compiles with several threads itself), at least 1 and at most one per network."""
+        if self.jobs is not None:
+            return self.jobs
+        return min(len(BUILD_ORDER), max(1, (os.cpu_count() or 1) // 4))
 
     def resolve(self) -> BuildTarget:
         """The device (checked present, or buildable without it), the build device and the precision for it;
@@ -285,7 +338,7 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
         except EngineError as exc:
             raise BuildError(f"this process could not load the engines it would build: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - a tool missing or broken, in whatever way it fails
-            raise BuildError(f"checking the {build.backend} build tools failed: {_first_line(exc)}") from exc
+            raise BuildError(f"checking the {build.backend} build tools failed: {one_line(exc)}") from exc
         report("loading the weights", 1, _STEPS)
         from vfrt.models import load_zero123
         model = load_zero123(checkpoint, config=config, trust_checkpoint=trust_checkpoint, use_ema=build.use_ema,
@@ -301,16 +354,12 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
+            exported = _export(exporter, build, [ExportJob(specs[name], networks.module(name),
+                                                           tmp / (name + exporter.suffix)) for name in BUILD_ORDER],
+                               where.build_device, report)
             entries = {}
-            for i, name in enumerate(BUILD_ORDER):
-                report(f"exporting {name}", 2 + i, _STEPS)
-                exported_from = time.perf_counter()
-                try:
-                    built = exporter.export(specs[name], networks.module(name), tmp / (name + exporter.suffix),
-                                            where.build_device)
-                except Exception as exc:  # noqa: BLE001 - tracer and compiler errors of every kind
-                    raise BuildError(f"exporting {name} ({build.backend}) failed: {_first_line(exc)}") from exc
-                log.info("exported %s (%s) in %.1f s", name, build.backend, time.perf_counter() - exported_from)
+            for name in BUILD_ORDER:
+                built = exported[name]
                 files = [_file_entry(tmp, f) for f in (name + exporter.suffix, *built.extra_files)]
                 entries[name] = NetworkEntry.from_spec(built.spec, files[0], extra_files=tuple(files[1:]),
                                                        record=built.record)
@@ -339,6 +388,26 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
     for f in (f for n in manifest.networks for f in n.files()):  # hashes known: later loads need not read the files
         digests.record(target / f.file, f.sha256)
     return BuildResult(target, manifest, False, time.perf_counter() - started, where.runs_here)
+
+
+def _export(exporter: Exporter, build: BuildConfig, jobs: list[ExportJob], device: torch.device,
+            report: Progress) -> dict[str, ExportedNetwork]:
+    """Export every job (:meth:`Exporter.export_all`), reporting each network as it finishes."""
+    workers = build.workers()
+    at_once = min(workers, len(jobs)) if exporter.export_many is not None else 1
+    report(f"exporting {len(jobs)} networks" + (f", up to {at_once} at once" if at_once > 1 else ""), 2, _STEPS)
+    finished: list[str] = []
+
+    def on_done(name: str, seconds: float) -> None:
+        finished.append(name)
+        log.info("exported %s (%s) in %.1f s", name, build.backend, seconds)
+        report(f"exported {name} ({len(finished)}/{len(jobs)} networks)", 2 + len(finished), _STEPS)
+    try:
+        return exporter.export_all(jobs, device, workers, on_done)
+    except ExportJobError as exc:
+        raise BuildError(f"exporting {exc.network} ({build.backend}) failed: {exc.detail}") from exc
+    except Exception as exc:  # noqa: BLE001 - an exporter's own failure outside any one network
+        raise BuildError(f"exporting the networks ({build.backend}) failed: {one_line(exc)}") from exc
 
 
 def _file_entry(directory: Path, name: str) -> FileEntry:
@@ -383,11 +452,6 @@ def verify_engine(manifest: Manifest, directory: Path, networks: Networks, loade
         raise BuildError("the built engines do not agree with PyTorch: " + ", ".join(
             f"{n} differs by {e:.2e} of its output range (tolerance {tolerance:.0e})" for n, e in bad.items()))
     return errors
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:400] if text else '-'}"
 
 
 # ------------------------------------------------------------------------------------------ publishing
