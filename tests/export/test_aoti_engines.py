@@ -188,6 +188,10 @@ def test_the_load_probe_and_the_toolchain_check_run_for_real(aoti_engines, tmp_p
     from vfrt.engines.toolchain import LoadabilityCheck, probe_load
     from vfrt.export.aoti import check_toolchain
     assert probe_load(aoti_engines.directory / "time_embedding.pt2", os.environ).ok
+    junk = tmp_path / "junk.pt2"                      # the loader's own error, not a fallback that hides it
+    junk.write_bytes(b"not a package")
+    bad = probe_load(junk, os.environ)
+    assert not bad.ok and bad.detail.startswith("loading failed: ")
     calls = []
 
     def probe(package, env):

@@ -248,3 +248,18 @@ def test_a_compiler_child_exits_when_its_parent_dies(tmp_path):
 def test_the_compiler_child_refuses_wrong_arguments(capsys):
     from vfrt.export import aoti_compile
     assert aoti_compile.main(["only-one"]) == 2 and "usage: python -m vfrt.export.aoti_compile" in capsys.readouterr().err
+
+
+def test_cuda_builds_skip_the_cpu_isa_probe_and_cpu_builds_keep_it(monkeypatch):
+    """A CUDA package holds no CPU kernels: its compile takes the processor's advertised vector ISAs instead of
+    torch's per-process probe; a CPU build (whose kernels use them) probes, and the user's own setting wins."""
+    import torch._inductor.config as inductor_config
+    monkeypatch.delenv(aoti.VEC_ISA_OK, raising=False)
+    before = inductor_config.cpp.vec_isa_ok
+    with aoti.cpu_isa_settings(torch.device("cuda")):
+        assert inductor_config.cpp.vec_isa_ok is True
+    assert inductor_config.cpp.vec_isa_ok == before
+    with aoti.cpu_isa_settings("cpu"):
+        assert inductor_config.cpp.vec_isa_ok == before
+    with aoti.cpu_isa_settings("cuda", environ={aoti.VEC_ISA_OK: "0"}):
+        assert inductor_config.cpp.vec_isa_ok == before

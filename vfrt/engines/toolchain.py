@@ -41,9 +41,21 @@ log = logging.getLogger(__name__)
 SYSTEM_LIBSTDCXX = ("/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6",
                     "/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6")
 PROBE_TIMEOUT_S = 300
-#: loads an AOTInductor package and exits 0 (run in a child: argv = package, device index)
-AOTI_PROBE = ("import sys, torch, torch._inductor; "
-              "torch._inductor.aoti_load_package(sys.argv[1], device_index=int(sys.argv[2])); print('loaded')")
+#: loads an AOTInductor package and exits 0 (run in a child: argv = package, device index). Through the
+#: package loader a run uses (vfrt.engines.executors.aoti.load_package): ``torch._inductor.aoti_load_package``
+#: also imports Inductor and probes the processor's vector ISAs (a fresh Python per ISA), which took most of
+#: the probe's 50-60 s on the H200 machine (docs/PERF.md); it remains the fallback where that loader is missing.
+AOTI_PROBE = """
+import sys, torch
+path, index = sys.argv[1], int(sys.argv[2])
+try:
+    from torch._C._aoti import AOTIModelPackageLoader
+    AOTIModelPackageLoader(path, "model", False, 1, index)
+except (ImportError, AttributeError, TypeError):
+    import torch._inductor
+    torch._inductor.aoti_load_package(path, device_index=index)
+print("loaded")
+"""
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def export_network(spec: NetworkSpec, module: nn.Module, path: Path, device: tor
     Returns the spec the package was built for (see :func:`trace_network`).
     """
     program, spec = trace_network(spec, module, device)
-    compile_package(program, path)
+    compile_package(program, path, device)
     return spec
 
 
@@ -158,10 +158,33 @@ def trace_network(spec: NetworkSpec, module: nn.Module, device: torch.device):
         return program, NetworkSpec(spec.name, spec.inputs, spec.outputs, tuple(narrowed.items()))
 
 
-def compile_package(program, path: Path) -> None:
-    """Compile a traced program (an ``ExportedProgram``) into the AOTInductor package ``path``."""
-    with torch.no_grad(), _without_cudnn_attention():
+def compile_package(program, path: Path, device: torch.device) -> None:
+    """Compile a traced program (an ``ExportedProgram``) for ``device`` into the AOTInductor package ``path``."""
+    with torch.no_grad(), _without_cudnn_attention(), cpu_isa_settings(device):
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+#: torch's switch for its CPU vector-ISA probe (see :func:`cpu_isa_settings`)
+VEC_ISA_OK = "TORCHINDUCTOR_VEC_ISA_OK"
+
+
+@contextmanager
+def cpu_isa_settings(device: torch.device | str, environ: Mapping[str, str] = os.environ):
+    """Inductor's choice of CPU vector instructions while compiling for ``device``.
+
+    Every compiling process first probes which vector ISAs work here: per ISA a test build and a fresh
+    Python that loads it (docs/PERF.md: the larger part of a minute per process on the H200 machine, once per
+    child in a parallel build). The ISA only sets the flags of CPU kernels, and a CUDA package holds none
+    (the C++ wrapper aside), so CUDA builds take the ISAs the processor advertises (``cpp.vec_isa_ok``)
+    instead of probing; CPU builds keep the probe, and so does a build whose environment sets
+    ``TORCHINDUCTOR_VEC_ISA_OK`` itself.
+    """
+    if torch.device(device).type != "cuda" or VEC_ISA_OK in environ:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+    with inductor_config.patch({"cpp.vec_isa_ok": True}):
+        yield
 
 
 def export_in_children(jobs: Sequence[ExportJob], device: torch.device, workers: int,

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         device = torch.device(device_name)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
-        compile_package(torch.export.load(program_path), Path(package_path))
+        compile_package(torch.export.load(program_path), Path(package_path), device)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the one line the parent reports
         traceback.print_exc()
         print(one_line(exc), file=sys.stderr)
