@@ -297,27 +297,34 @@ def worker_ckpt(args, work: Path) -> dict:
 
 def _step_ms(engine, K: int, repeats: int, gen) -> float:
     """Median CUDA-event time of one captured step at K references (graph replay)."""
-    import torch
-
     from vfrt.runtime.benchmark import bind_random_view
     from vfrt.runtime.schedule import make_ddim_schedule
     sched = make_ddim_schedule(75, 1.0)
     den, _ = bind_random_view(engine, K, 256, sched, gen)
     steps = engine.step_cache
+    _load_random(steps, den, K, sched, gen)
+    steps.capture()
+    times = [_replay_ms(steps) for _ in range(repeats + 3)][3:]
+    return round(statistics.median(times), 3)
+
+
+def _load_random(steps, den, K: int, sched, gen) -> None:
+    """Load a bound random view with random x_T and step noise into the step cache (256 px: 4x32x32 latents)."""
+    import torch
     steps.load(den.view, torch.randn((1, 4, 32, 32), generator=gen).cuda(),
                den.noise_bar(torch.randn((sched.num_steps, K, 4, 32, 32), generator=gen), (4, 32, 32)))
-    steps.capture()
-    times = []
-    for i in range(repeats + 3):
-        steps.rewind()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        steps.replay(1)
-        b.record()
-        b.synchronize()
-        if i >= 3:
-            times.append(a.elapsed_time(b))
-    return round(statistics.median(times), 3)
+
+
+def _replay_ms(steps) -> float:
+    """One graph-replayed step from step 0, timed with CUDA events (ms)."""
+    import torch
+    steps.rewind()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    steps.replay(1)
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
 
 
 def _sync(device) -> None:
@@ -396,8 +403,7 @@ def worker_captures(args, work: Path) -> dict:
         den, _ = bind_random_view(engine, K, 256, sched, gen)
         torch.cuda.synchronize()
         bind_s = time.perf_counter() - t
-        steps.load(den.view, torch.randn((1, 4, 32, 32), generator=gen).cuda(),
-                   den.noise_bar(torch.randn((sched.num_steps, K, 4, 32, 32), generator=gen), (4, 32, 32)))
+        _load_random(steps, den, K, sched, gen)
         torch.cuda.synchronize()
         t = time.perf_counter()
         steps.capture()
@@ -405,13 +411,7 @@ def worker_captures(args, work: Path) -> dict:
         capture_s = time.perf_counter() - t
         graph, eager = [], []
         for _ in range(5):
-            steps.rewind()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            steps.replay(1)
-            b.record()
-            b.synchronize()
-            graph.append(a.elapsed_time(b))
+            graph.append(_replay_ms(steps))
             steps.rewind()
             torch.cuda.synchronize()
             t = time.perf_counter()
