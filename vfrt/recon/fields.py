@@ -38,6 +38,9 @@ class SDFNetwork(nn.Module):
         self.act = nn.Softplus(beta=100)
         self._geometric_init(cfg.init_radius)
         self.fd_eps = 2.0 * bound / cfg.hashgrid.finest_resolution
+        # the finite-difference offsets live with the module: a host tensor copied to the GPU at every step
+        # would be a pageable copy, which waits for the GPU (the host could no longer run ahead of it)
+        self.register_buffer("tetra", _TETRA.clone(), persistent=False)
         self.set_progress(cfg.hashgrid.n_levels)
 
     def _geometric_init(self, radius: float) -> None:
@@ -86,7 +89,7 @@ class SDFNetwork(nn.Module):
         """
         n = x.shape[0]
         eps = self.fd_eps
-        v = _TETRA.to(device=x.device, dtype=x.dtype)  # (4, 3)
+        v = self.tetra.to(device=x.device, dtype=x.dtype)  # (4, 3); no copy when x is where the module is
         pts = (x[None] + eps * v[:, None]).reshape(-1, 3)
         sdf_all, feat_all = self.forward(pts)
         s = sdf_all.reshape(4, n)
