@@ -30,3 +30,23 @@ def test_a_failing_body_leaves_the_target_and_no_leftovers(tmp_path):
         with atomic_folder(tmp_path / "new" / "deeper") as tmp:
             raise RuntimeError("nothing written")
     assert not (tmp_path / "new" / "deeper").exists()
+
+
+def test_a_failed_swap_puts_the_old_target_back(tmp_path, monkeypatch):
+    """The old folder is renamed aside, not deleted, until the new one is in place."""
+    from pathlib import Path
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    rename = Path.rename
+
+    def failing_rename(self, to):
+        if Path(to) == target and self.name.startswith(".out.") and not self.name.startswith(".out.old."):
+            raise OSError("disk gone")                       # the new folder cannot be renamed into place
+        return rename(self, to)
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic_folder(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

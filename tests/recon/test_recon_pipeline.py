@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from vfrt.recon import ConfigError, HashGridConfig, ReconConfig, TrainingDivergedError, reconstruct

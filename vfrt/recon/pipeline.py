@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfrt.atomic import atomic_folder
 from vfrt.recon.config import ReconConfig
 from vfrt.recon.data import load_views
 from vfrt.recon.errors import OutputDirError
@@ -74,17 +73,6 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Replace ``out`` with the finished ``tmp`` folder (renames only)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
                 reference_mesh: str | Path | None = None, turntable: bool = True, evaluate_colours: bool = False,
                 progress: ProgressFn | None = None) -> ReconResult:
@@ -138,8 +126,7 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     timings["colour"] = _synced(t, dev)
     timings["train_plus_extract"] = timings["train"] + timings["extract"] + timings["colour"]
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         t = time.perf_counter()
         paths = {k: out / v.name for k, v in export_mesh(mesh, tmp, textured=textured).items()}
         timings["export"] = time.perf_counter() - t
@@ -167,10 +154,6 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
             "loss_history": trained.loss_history, "config": cfg.to_dict(),
         }
         (tmp / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 
