@@ -41,7 +41,7 @@ def test_a_failed_swap_puts_the_old_target_back(tmp_path, monkeypatch):
     rename = Path.rename
 
     def failing_rename(self, to):
-        if Path(to) == target and self.name.startswith(".out.") and not self.name.startswith(".out.old."):
+        if Path(to) == target and self.name.startswith(".out.") and not self.name.startswith(".out.old-"):
             raise OSError("disk gone")                       # the new folder cannot be renamed into place
         return rename(self, to)
     monkeypatch.setattr(Path, "rename", failing_rename)

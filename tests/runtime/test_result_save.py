@@ -3,6 +3,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vfrt import EngineConfig, Pipeline, SamplerConfig
@@ -39,6 +40,9 @@ def test_save_writes_the_run_folder_of_vfrt_run(tiny_model, photo, tmp_path, mod
     with pytest.raises(Exception, match="already exists"):
         result.save(tmp_path / "saved")
     assert not list(tmp_path.glob(".saved.*")), "no temporary folder is left behind"
+    assert "noise.npz" not in saved_files                       # the bank only when asked for
+    again = result.save(tmp_path / "saved", overwrite=True, save_noise=True)
+    np.testing.assert_array_equal(np.load(again / "noise.npz")["x_T"], np.stack(result.noise.x_T))
 
 
 def test_the_readme_tiny_checkpoint_snippet_runs_as_written(tmp_path, monkeypatch):

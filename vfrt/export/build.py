@@ -35,6 +35,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 import torch
 from torch import nn
 
+from vfrt.atomic import replace_folder
 from vfrt.engines.config import TORCH_DTYPES, EngineConfig, Precision
 from vfrt.engines.engine_cache import checkpoint_entry, engine_key
 from vfrt.engines.engine_dir import (MANIFEST_NAME, BackendLoader, CheckpointEntry, EngineError, FileEntry, Manifest, NetworkEntry,
@@ -381,7 +382,7 @@ def build_engines(checkpoint, build: BuildConfig = BuildConfig(), *, config=None
             manifest = dataclasses.replace(manifest, build_seconds=round(time.perf_counter() - started, 1))
             write_manifest(tmp, manifest)
             report("publishing", _STEPS - 1, _STEPS)
-            _publish(tmp, target)
+            replace_folder(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -517,12 +518,3 @@ def _remove_leftovers(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished ``tmp`` to ``target`` (an existing one is moved aside first, then deleted)."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)

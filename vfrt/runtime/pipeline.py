@@ -127,11 +127,12 @@ class GenerationResult:
         poses[:, 1] = np.mod(poses[:, 1], 2 * np.pi)
         return poses
 
-    def save(self, folder, *, elevation: float = 30.0, overwrite: bool = False):
+    def save(self, folder, *, elevation: float = 30.0, overwrite: bool = False, save_noise: bool = False):
         """Write this result as the folder ``vfrt run`` writes (see :func:`vfrt.runtime.run.save_result`);
-        ``elevation``: the input camera's angle above the horizon, for the cameras. Returns the folder."""
+        ``elevation``: the input camera's angle above the horizon, for the cameras; ``save_noise``: also the
+        noise bank (``noise.npz``). Returns the folder."""
         from vfrt.runtime.run import save_result
-        return save_result(self, folder, elevation=elevation, overwrite=overwrite)
+        return save_result(self, folder, elevation=elevation, overwrite=overwrite, save_noise=save_noise)
 
     def orbit_azimuths(self) -> np.ndarray:
         """(N,) radians in [0, 2*pi) matching :meth:`orbit_images`."""

@@ -41,7 +41,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from vfrt.atomic import atomic_folder
+from vfrt.atomic import atomic_folder, replace_folder
 from vfrt.runtime.media import MediaError, contact_sheet, require_media_tools, write_gif, write_mp4
 from vfrt.runtime.noise import NoiseBank
 from vfrt.runtime.preprocess import PreparedImage, prepare_image, to_uint8
@@ -433,9 +433,7 @@ class RunFolder:
                 "segmentation": self.prepared[0].method, "inputs": inputs_meta}
         (partial / "run.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(partial / "generated")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        partial.rename(self.out)
+        replace_folder(partial, self.out)
         log.info("wrote the outputs of %s in %.1f s", self.out, time.perf_counter() - started)
         return self.out
 

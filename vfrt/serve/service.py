@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from vfrt.atomic import replace_folder
 from vfrt.serve.config import ServeConfig
 from vfrt.serve.errors import JobNotFound, JobStateError, QueueFull, ServeError, SettingsError
 from vfrt.serve.queue import JobQueue
@@ -371,8 +372,7 @@ class Worker(threading.Thread):
         shutil.rmtree(job.recon_partial, ignore_errors=True)
         reconstruct(job.run_dir, job.recon_partial, cfg,
                     progress=lambda step, loss: self.service._progress(job, step, cfg.steps))
-        shutil.rmtree(job.recon_dir, ignore_errors=True)
-        job.recon_partial.rename(job.recon_dir)
+        replace_folder(job.recon_partial, job.recon_dir)
 
     def _free_device_memory(self) -> None:
         import torch
