@@ -1,6 +1,6 @@
 """Fixtures of the scale-out tests: four photos in a folder, their sequential `vfrt run` (the yardstick),
-and ONE local Ray instance with 2 CPUs shared by every test that needs Ray (Ray takes ~10 s to start on
-two busy cores)."""
+and a local Ray instance with 2 CPUs per test module that needs Ray (Ray takes ~10 s to start on two
+busy cores; only test_ray_run.py uses it without a GPU)."""
 from __future__ import annotations
 
 import logging
@@ -51,9 +51,12 @@ def sequential_run(tmp_path_factory, photo_dir, run_args):
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray instance (2 CPUs, no GPU) for the whole session; the runner reuses a connected driver."""
+    """A local Ray instance (2 CPUs, no GPU) for the tests of one module; the runner reuses a connected driver.
+
+    Module-scoped, not session-scoped: Ray's processes (GCS, raylet, idle workers holding a loaded model)
+    should not outlive the tests that use them and share two CPU cores with every later test."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vfrt[ray]')")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
