@@ -5,7 +5,7 @@ import torch
 
 from vfrt import EngineConfig, NoiseBank, Pipeline, SamplerConfig
 from vfrt.engines.base import ddim_update
-from vfrt.runtime.noise import NoiseBankError
+from vfrt.runtime.noise import NoiseBankError, SeededNoiseBank
 from vfrt.runtime.poses import plan_orbit
 from vfrt.runtime.schedule import make_ddim_schedule
 
@@ -64,6 +64,12 @@ def test_noise_bank_file_replays_exactly(ref_pipe, image, ref_orbit, tmp_path):
     replay = ref_pipe.orbit(image, views=36, generate=4, sampler=sampler(seed=999), noise=NoiseBank.load(path),
                             preprocess=False)
     np.testing.assert_array_equal(replay.images, ref_orbit.images)
+
+
+def test_a_seeded_orbit_keeps_no_noise_arrays(ref_pipe, image):
+    """result.noise of a seeded run is redrawn when read (the file replay above checks it is exact)."""
+    out = ref_pipe.orbit(image, views=36, generate=2, sampler=sampler(seed=5), preprocess=False)
+    assert isinstance(out.noise, SeededNoiseBank) and not out.noise.materialised and out.noise.num_views == 2
 
 
 def test_bank_that_does_not_fit_is_rejected(ref_pipe, image, ref_orbit):

@@ -171,25 +171,91 @@ class NoiseBank:
             return cls(x_T=[np.ascontiguousarray(x, dtype=np.float32) for x in x_T], step_noise=steps)
 
 
-class NoiseSource:
-    """Hands out the draws of one run, view by view; records them into ``self.recorded``.
+def _draw_view(gen: torch.Generator, K: int, num_steps: int,
+               latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generated view's draws from ``gen``, in the original sampler's order: x_T (1, C, h, w), then
+    the step noise (S, K, C, h, w) (K = 0 consumes nothing)."""
+    x_T = torch.randn((1, *latent_shape), generator=gen, dtype=torch.float32)
+    steps = torch.randn((num_steps, K, *latent_shape), generator=gen, dtype=torch.float32)
+    return x_T, steps
 
-    Use ``NoiseSource.from_seed(seed)`` (torch CPU generator: identical on every machine) or
-    ``NoiseSource.from_bank(bank)`` (exact replay; shapes and counts are checked).
+
+class SeededNoiseBank(NoiseBank):
+    """The draws of a seeded run, drawn again from the seed when first read.
+
+    A 36-view orbit's draws fill 0.75 GB of host memory; a seeded run keeps only how to redraw them
+    (seed, per-view draw counts, steps, latent shape), so ``GenerationResult.noise`` costs nothing until
+    a caller reads or saves it. Reading it gives the very arrays the run used (the same CPU generator
+    and order as :class:`NoiseSource`); they are kept once drawn.
     """
 
-    def __init__(self, generator: torch.Generator | None = None, bank: NoiseBank | None = None):
+    def __init__(self, seed: int, draws: list[int], num_steps: int, latent_shape: tuple[int, int, int]):
+        self.seed, self.draws = int(seed), [int(k) for k in draws]
+        self.num_steps, self.latent_shape = int(num_steps), tuple(int(n) for n in latent_shape)
+        self._drawn: NoiseBank | None = None
+
+    def _materialised(self) -> NoiseBank:
+        if self._drawn is None:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            bank = NoiseBank()
+            for k in self.draws:
+                x_T, steps = _draw_view(gen, k, self.num_steps, self.latent_shape)
+                bank.x_T.append(x_T.numpy())
+                bank.step_noise.append(steps.numpy())
+            self._drawn = bank
+        return self._drawn
+
+    @property
+    def x_T(self) -> list[np.ndarray]:
+        return self._materialised().x_T
+
+    @property
+    def step_noise(self) -> list[np.ndarray]:
+        return self._materialised().step_noise
+
+    @property
+    def num_views(self) -> int:
+        return len(self.draws)
+
+    @property
+    def K(self) -> np.ndarray:
+        return np.array(self.draws, dtype=np.int64)
+
+    @property
+    def materialised(self) -> bool:
+        """Whether the arrays have been drawn (read or saved) yet."""
+        return self._drawn is not None
+
+    def __repr__(self) -> str:
+        return (f"SeededNoiseBank(seed={self.seed}, views={self.num_views}, steps={self.num_steps}, "
+                f"latent={self.latent_shape}, materialised={self.materialised})")
+
+
+class NoiseSource:
+    """Hands out the draws of one run, view by view; ``recorded`` is the bank of the draws handed out.
+
+    Use ``NoiseSource.from_seed(seed)`` (torch CPU generator: identical on every machine) or
+    ``NoiseSource.from_bank(bank)`` (exact replay; shapes and counts are checked). Nothing is copied to
+    record: a replay's record is the bank's first views, a seeded run's a :class:`SeededNoiseBank`.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None, bank: NoiseBank | None = None,
+                 seed: int | None = None):
         if (generator is None) == (bank is None):
             raise ValueError("give exactly one of generator or bank")
+        if generator is not None and seed is None:
+            raise ValueError("a generator needs the seed it was started from (to redraw the record)")
         self._gen = generator
         self._bank = bank
-        self.recorded = NoiseBank()
+        self._seed = seed
+        self._drawn: list[int] = []          # K of each view handed out so far
+        self._shape: tuple[int, tuple[int, int, int]] | None = None
 
     @classmethod
     def from_seed(cls, seed: int) -> "NoiseSource":
         g = torch.Generator(device="cpu")
         g.manual_seed(int(seed))
-        return cls(generator=g)
+        return cls(generator=g, seed=int(seed))
 
     @classmethod
     def from_bank(cls, bank: NoiseBank) -> "NoiseSource":
@@ -198,6 +264,15 @@ class NoiseSource:
     @property
     def is_replay(self) -> bool:
         return self._bank is not None
+
+    @property
+    def recorded(self) -> NoiseBank:
+        """The draws handed out so far, as a bank that replays them exactly."""
+        n = len(self._drawn)
+        if self._bank is not None:
+            return NoiseBank(x_T=list(self._bank.x_T[:n]), step_noise=list(self._bank.step_noise[:n]))
+        num_steps, latent_shape = self._shape if self._shape is not None else (0, (0, 0, 0))
+        return SeededNoiseBank(self._seed, self._drawn, num_steps, latent_shape)
 
     def check_plan(self, Ks, num_steps: int, latent_shape: tuple[int, int, int]) -> None:
         """Fail early, before any compute, if a replayed bank does not fit the planned run."""
@@ -216,8 +291,14 @@ class NoiseSource:
              latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draws for generated view v: x_T (1, C, h, w) and step noise (S, K, C, h, w), float32 CPU.
 
-        ``K = 0``: x_T only (the step noise is drawn on the device: the sampler's "fast" noise mode).
+        Views are handed out in order (v = 0, 1, ...), each once. ``K = 0``: x_T only (the step noise is
+        drawn on the device: the sampler's "fast" noise mode).
         """
+        if v != len(self._drawn):
+            raise ValueError(f"noise for view {v} asked after {len(self._drawn)} views: views are drawn in order")
+        shape = (int(num_steps), tuple(int(n) for n in latent_shape))
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(f"view {v} asks for {shape}, earlier views for {self._shape}")
         if self._bank is not None:
             if v >= self._bank.num_views:
                 raise NoiseBankError(f"noise bank has no view {v}")
@@ -226,8 +307,7 @@ class NoiseSource:
             if tuple(steps.shape) != (num_steps, K, *latent_shape):
                 raise NoiseBankError(f"noise bank view {v}: {tuple(steps.shape)} != {(num_steps, K, *latent_shape)}")
         else:
-            x_T = torch.randn((1, *latent_shape), generator=self._gen, dtype=torch.float32)
-            steps = torch.randn((num_steps, K, *latent_shape), generator=self._gen, dtype=torch.float32)
-        self.recorded.x_T.append(x_T.numpy().copy())
-        self.recorded.step_noise.append(steps.numpy().copy())
+            x_T, steps = _draw_view(self._gen, K, num_steps, latent_shape)
+        self._shape = shape
+        self._drawn.append(int(K))
         return x_T, (steps if K else None)
