@@ -18,7 +18,9 @@ Recon: renders a perfect ``--views`` orbit (``--size`` px, elevation 30, SPEC §
 * ``cd``: Chamfer distance (metrics.py: mean Euclidean nearest-neighbour distance both ways,
   meshes normalised to longest side 1.6) and F-scores at 0.01 and 0.02;
 * ``psnr``: colour PSNR of the mesh rendered unlit from the input cameras against the views,
-  inside the union of both silhouettes (``psnr_full``: whole images);
+  inside the union of both silhouettes (``psnr_shared``: inside both, the colours where the shape agrees;
+  ``psnr_full``: whole images; ``silhouette_error_share``: the union's squared error on pixels inside one
+  silhouette only);
 * ``volume``: signed volume of the written ``mesh.ply`` / ``.obj`` / ``.glb`` (positive = outward).
 
 Hash grid: forward and forward+backward (table gradient) on ``--points`` random points with the
@@ -152,7 +154,8 @@ def bench_objects(objects: list[str], args: argparse.Namespace, device: torch.de
             "wall_s": res.timings["total"], "cpu_s": cpu, "train_s": res.timings["train"],
             "extract_s": res.timings["extract"], "colour_s": res.timings["colour"], "timings_s": res.timings,
             "faces": res.n_faces, "cd": m1.chamfer, "f001": m1.fscore, "f002": m2.fscore,
-            "psnr": res.colour.psnr, "psnr_full": res.colour.psnr_full,
+            "psnr": res.colour.psnr, "psnr_full": res.colour.psnr_full, "psnr_shared": res.colour.psnr_shared,
+            "silhouette_error_share": res.colour.silhouette_error_share,
             "reference_volume": float(ref.volume), "volumes": volumes,
             "volume_sign": "+" if all(v > 0 for v in volumes.values()) else "-",
         })
@@ -179,12 +182,13 @@ def print_tables(result: dict, points: int) -> None:
         r0 = result["recon"][0]
         t = Table(title=f"orbit -> mesh: {r0['views']} views at {r0['size']} px, preset {r0['preset']} "
                         f"{r0['overrides']} ({r0['backend']} on {r0['device']})")
-        for c in ("object", "wall s", "cpu s", "train s", "CD-L2", "F@0.01", "F@0.02", "colour PSNR dB", "volume",
-                  "faces"):
+        for c in ("object", "wall s", "cpu s", "train s", "CD-L2", "F@0.01", "F@0.02",
+                  "colour PSNR dB (either / both silhouettes)", "volume", "faces"):
             t.add_column(c)
         for r in result["recon"]:
             t.add_row(r["object"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['train_s']:.1f}", f"{r['cd']:.4f}",
-                      f"{r['f001']:.3f}", f"{r['f002']:.3f}", f"{r['psnr']:.2f}", r["volume_sign"], str(r["faces"]))
+                      f"{r['f001']:.3f}", f"{r['f002']:.3f}",
+                      f"{r['psnr']:.2f} / {r.get('psnr_shared', float('nan')):.2f}", r["volume_sign"], str(r["faces"]))
         con.print(t)
 
 

@@ -58,8 +58,14 @@ def test_colours_baked_from_views_match_the_views(sphere_orbit):
     assert np.abs(cols[seen] - truth[seen]).mean() < 0.02
     score = colour_psnr(_with_colours(mesh, cols), data)
     assert score.psnr >= 25.0 and score.psnr_full > score.psnr
+    assert score.psnr_shared >= score.psnr and 0.0 <= score.silhouette_error_share < 0.5
     grey = colour_psnr(_with_colours(mesh, np.full_like(cols, 0.5)), data)
     assert grey.psnr < score.psnr - 5.0  # the metric notices wrong colours
+    assert grey.silhouette_error_share < 0.2  # ... and that they are wrong where the shapes agree
+    shrunk = _with_colours(mesh, cols)
+    shrunk.vertices = np.asarray(shrunk.vertices) * 0.9
+    small = colour_psnr(shrunk, data)  # a shape error: most of the error is on the ring the mesh no longer covers
+    assert small.silhouette_error_share > 0.5 and small.psnr_shared > small.psnr + 3.0
 
 
 def test_field_colours_use_the_true_view_directions(sphere_orbit):

@@ -156,8 +156,10 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
         m = result.metrics
         click.echo(f"chamfer {m.chamfer:.5f}  F-score@{m.threshold:g} {m.fscore:.4f}  ({m.definition})")
     if result.colour is not None:
-        click.echo(f"colour PSNR {result.colour.psnr:.2f} dB inside the silhouettes, {result.colour.psnr_full:.2f} dB "
-                   f"whole images ({result.colour.n_views} views)")
+        c = result.colour
+        click.echo(f"colour PSNR {c.psnr:.2f} dB inside the silhouettes ({100 * c.silhouette_error_share:.0f} % of "
+                   f"that error where only one of mesh and view covers a pixel), {c.psnr_shared:.2f} dB where both "
+                   f"do, {c.psnr_full:.2f} dB whole images ({c.n_views} views)")
     click.echo(f"done: {Path(out_dir) / 'recon.json'}")
 
 

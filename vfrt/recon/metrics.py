@@ -99,8 +99,10 @@ def evaluate_mesh_files(pred_path: str | Path, ref_path: str | Path, n_samples: 
 
 COLOUR_DEFINITION = ("mesh rendered unlit (its vertex colours or texture) from every input camera at the views' "
                      "resolution, over white; PSNR = 10 log10(1 / MSE) with the MSE over all RGB values of the "
-                     "pixels inside either silhouette (rendered mesh or view mask) of all views; psnr_full over "
-                     "whole images")
+                     "pixels inside either silhouette (rendered mesh or view mask) of all views; psnr_shared over "
+                     "the pixels inside both (the colours where the shape agrees); psnr_full over whole images; "
+                     "silhouette_error_share: the part of the squared error (either silhouette) on the pixels "
+                     "inside only one of them")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class ColourMetrics:
     psnr: float  # over the union of the two silhouettes (shape errors count too)
     psnr_full: float  # over whole images (white background included: higher)
     n_views: int
+    psnr_shared: float = float("nan")  # over the pixels inside both silhouettes (colour where the shape agrees)
+    silhouette_error_share: float = float("nan")  # of the squared error in either silhouette: on pixels in only one
     definition: str = COLOUR_DEFINITION
 
     def to_dict(self) -> dict:
@@ -135,6 +139,10 @@ def colour_psnr(mesh, data, device="cpu") -> ColourMetrics:
     alpha = rgba[..., 3:]
     rendered = rgba[..., :3] * alpha + (1.0 - alpha)
     err = (rendered - data.images) ** 2  # (N, H, W, 3)
-    region = (alpha[..., 0] > 0.5) | (data.masks > 0.5)
+    drawn, seen = alpha[..., 0] > 0.5, data.masks > 0.5
+    region, shared = drawn | seen, drawn & seen
     masked = float(err[region].mean()) if region.any() else 0.0
-    return ColourMetrics(_psnr(masked), _psnr(float(err.mean())), int(data.n_views))
+    inside = float(err[shared].mean()) if shared.any() else 0.0
+    total = float(err[region].sum())
+    share = float(err[region & ~shared].sum()) / total if total > 0 else 0.0
+    return ColourMetrics(_psnr(masked), _psnr(float(err.mean())), int(data.n_views), _psnr(inside), share)
