@@ -2,6 +2,7 @@
 
     python benchmarks/profile_recon_step.py cuda 100 > profile.txt     # default preset, 36 views at 256 px
     python benchmarks/profile_recon_step.py cpu 4                      # quick preset, 64 px: a smoke test
+    python benchmarks/profile_recon_step.py cuda 100 graph             # the step captured as a CUDA graph
 
 Prints the wall of N steps (unprofiled, after a warm-up run that compiles the Triton kernels), then, for a
 profiled run, the wall, the summed GPU kernel time and the launch count, and the operators sorted by GPU and
@@ -24,14 +25,14 @@ from vfrt.recon.testobjects import write_object_orbit  # noqa: E402
 from vfrt.recon.trainer import train_neus  # noqa: E402
 
 
-def main(device: str, steps: int) -> None:
+def main(device: str, steps: int, graph: bool = False) -> None:
     cuda = device == "cuda"
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
     orbit = write_object_orbit(Path(tempfile.mkdtemp()) / "orbit", "chair", 36, 256 if cuda else 64, 30.0, 0.004, device)
-    cfg = ReconConfig.from_preset("default" if cuda else "quick", device=device)
+    cfg = ReconConfig.from_preset("default" if cuda else "quick", device=device, cuda_graph=graph)
     data = load_views(orbit, elevation_deg=cfg.elevation_deg, image_size=cfg.image_size, min_views=cfg.min_views)
     train_neus(data, dataclasses.replace(cfg, steps=max(2, steps // 2)))        # warm-up: Triton compiles
     sync()
@@ -56,4 +57,5 @@ def main(device: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "cuda", int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+    main(sys.argv[1] if len(sys.argv) > 1 else "cuda", int(sys.argv[2]) if len(sys.argv) > 2 else 100,
+         len(sys.argv) > 3 and sys.argv[3] == "graph")

@@ -112,6 +112,7 @@ class ReconConfig:
     progressive_level_steps: int = 100  # one more level every this many steps
     # numerics
     mixed_precision: bool = True  # fp16 autocast for the colour net on CUDA only (SDF stays fp32)
+    cuda_graph: bool = False  # capture the training step as a CUDA graph (CUDA + Triton encoding; docs/RECON.md)
     nan_check_every: int = 25
     # mesh
     mc_resolution: int = 256  # samples along the longest side of the object's box

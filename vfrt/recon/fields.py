@@ -37,10 +37,11 @@ class SDFNetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = nn.Softplus(beta=100)
         self._geometric_init(cfg.init_radius)
-        self.fd_eps = 2.0 * bound / cfg.hashgrid.finest_resolution
-        # the finite-difference offsets live with the module: a host tensor copied to the GPU at every step
-        # would be a pageable copy, which waits for the GPU (the host could no longer run ahead of it)
+        # the finite-difference offsets and their length live with the module, on its device: a host value
+        # copied to the GPU at every step would be a pageable copy, which waits for the GPU (the host could no
+        # longer run ahead of it), and a CUDA graph of the training step reads both at every replay
         self.register_buffer("tetra", _TETRA.clone(), persistent=False)
+        self.register_buffer("fd_eps", torch.tensor(2.0 * bound / cfg.hashgrid.finest_resolution), persistent=False)
         self.set_progress(cfg.hashgrid.n_levels)
 
     def _geometric_init(self, radius: float) -> None:
@@ -65,7 +66,7 @@ class SDFNetwork(nn.Module):
         self._n_active = n
         self.encoding.set_active_levels(n)
         res = self.cfg.hashgrid.resolutions[n - 1]
-        self.fd_eps = 2.0 * self.bound / res * 0.5 / 3**0.5  # offsets of length half a cell of the finest active level
+        self.fd_eps.fill_(2.0 * self.bound / res * 0.5 / 3**0.5)  # offsets of length half a cell of the finest active level
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = ((x / self.bound) + 1.0) * 0.5
@@ -88,8 +89,8 @@ class SDFNetwork(nn.Module):
         7 of centre + central differences.
         """
         n = x.shape[0]
-        eps = self.fd_eps
-        v = self.tetra.to(device=x.device, dtype=x.dtype)  # (4, 3); no copy when x is where the module is
+        eps = self.fd_eps.to(device=x.device, dtype=x.dtype)  # () and (4, 3); no copies when x is where the module is
+        v = self.tetra.to(device=x.device, dtype=x.dtype)
         pts = (x[None] + eps * v[:, None]).reshape(-1, 3)
         sdf_all, feat_all = self.forward(pts)
         s = sdf_all.reshape(4, n)
@@ -142,10 +143,14 @@ class VarianceNetwork(nn.Module):
     def __init__(self, init: float) -> None:
         super().__init__()
         self.variance = nn.Parameter(torch.tensor(float(init)))
-        self.floor = 0.0
+        self.register_buffer("floor", torch.tensor(1e-6), persistent=False)  # on the device: read by a captured step
+
+    def set_floor(self, value: float) -> None:
+        """The sharpness floor (values below 1e-6 mean none)."""
+        self.floor.fill_(max(1e-6, float(value)))
 
     def inv_s(self) -> torch.Tensor:
-        return torch.exp(self.variance * 10.0).clamp(max(1e-6, self.floor), 1e6)
+        return torch.maximum(torch.exp(self.variance * 10.0), self.floor).clamp_max(1e6)
 
 
 @dataclass

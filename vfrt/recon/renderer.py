@@ -16,6 +16,24 @@ from vfrt.recon.fields import NeuSFields
 from vfrt.recon.hull import VisualHull
 
 
+@dataclass(frozen=True)
+class CosAnneal:
+    """NeuS' cos-annealing ratio ``r`` and ``1 - r`` as 0-d tensors on the device, filled before each
+    training step (a captured step reads them at every replay); ``1 - r`` is computed on the host, as
+    with a plain number, so both forms give the same floats."""
+
+    ratio: torch.Tensor
+    rest: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "CosAnneal":
+        return cls(torch.zeros((), device=device), torch.ones((), device=device))
+
+    def fill_(self, ratio: float) -> None:
+        self.ratio.fill_(ratio)
+        self.rest.fill_(1.0 - ratio)
+
+
 @dataclass
 class RenderOutput:
     """Per-ray results of :func:`render_rays` (R rays, S samples)."""
@@ -104,9 +122,15 @@ def importance_z_vals(fields: NeuSFields, rays_o, rays_d, near, far, n_samples: 
 
 
 def render_rays(fields: NeuSFields, rays_o: torch.Tensor, rays_d: torch.Tensor, *, n_samples: int,
-                n_importance: int, up_sample_steps: int, cos_anneal_ratio: float = 1.0, perturb: bool = False,
-                background: float = 1.0, autocast_color: bool = False, hull: VisualHull | None = None) -> RenderOutput:
-    """Render R rays (origins/unit directions (R, 3) float32) with NeuS (eq. 13)."""
+                n_importance: int, up_sample_steps: int, cos_anneal_ratio: float | CosAnneal = 1.0,
+                perturb: bool = False, background: float = 1.0, color_autocast: torch.dtype | None = None,
+                autocast_cache: bool = True, hull: VisualHull | None = None) -> RenderOutput:
+    """Render R rays (origins/unit directions (R, 3) float32) with NeuS (eq. 13).
+
+    ``cos_anneal_ratio``: a number, or a :class:`CosAnneal` on the rays' device (what a captured training
+    step reads). ``color_autocast``: run the colour network under autocast to this dtype (None:
+    float32); ``autocast_cache=False`` inside CUDA-graph capture.
+    """
     r = rays_o.shape[0]
     near, far = near_far_from_sphere(rays_o, rays_d)
     if hull is not None:
@@ -119,13 +143,18 @@ def render_rays(fields: NeuSFields, rays_o: torch.Tensor, rays_d: torch.Tensor, 
     dirs = rays_d[:, None].expand(r, z.shape[1], 3).reshape(-1, 3)
 
     sdf, feat, grad = fields.sdf.forward_with_gradient(pts)
-    with torch.autocast(device_type=pts.device.type, dtype=torch.float16, enabled=autocast_color):
+    with torch.autocast(device_type=pts.device.type, dtype=color_autocast or torch.float16,
+                        enabled=color_autocast is not None, cache_enabled=autocast_cache):
         rgb = fields.color(pts, grad, dirs, feat).float()
 
     inv_s = fields.variance.inv_s()
     true_cos = (dirs * grad).sum(-1)
     # NeuS official code: anneal from "half-linear" cos to the true cos for stable early training
-    iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal_ratio) + torch.relu(-true_cos) * cos_anneal_ratio)
+    if isinstance(cos_anneal_ratio, CosAnneal):
+        ratio, rest = cos_anneal_ratio.ratio, cos_anneal_ratio.rest
+    else:
+        ratio, rest = cos_anneal_ratio, 1.0 - cos_anneal_ratio
+    iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * rest + torch.relu(-true_cos) * ratio)
     d = dists.reshape(-1)
     prev_cdf = torch.sigmoid((sdf - iter_cos * d * 0.5) * inv_s)
     next_cdf = torch.sigmoid((sdf + iter_cos * d * 0.5) * inv_s)
