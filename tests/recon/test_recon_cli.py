@@ -92,6 +92,21 @@ def test_default_output_goes_next_to_the_views(tiny_orbit, tmp_path, monkeypatch
     assert not list(tmp_path.glob("run/.recon*"))  # no temporary folders left
 
 
+def test_views_from_one_side_are_announced_with_what_they_cannot_show(tiny_orbit, tmp_path):
+    """An orbit from above (the tiny orbit: 30 degrees) is told what it cannot show; a ring at the horizon,
+    whose cameras surround the object, is not."""
+    from vfrt.recon.render_mesh import demo_mesh, write_orbit
+
+    res = _invoke(tiny_orbit, "-o", tmp_path / "above", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "all 8 views look at the object from above" in res.output and "--low-ring 12" in res.output
+    assert any("from above" in n for n in json.loads((tmp_path / "above" / "recon.json").read_text())["notes"])
+    ring = write_orbit(tmp_path / "ring", demo_mesh("capsule"), n_views=8, image_size=48, elevation_deg=0.0)
+    res = _invoke(ring, "-o", tmp_path / "around", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "look at the object from" not in res.output
+
+
 def test_images_only_and_partial_transforms_are_announced_before_training(tiny_orbit, tmp_path, no_training):
     plain = tmp_path / "plain"
     shutil.copytree(tiny_orbit / "views", plain)

@@ -133,7 +133,8 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
         raise click.UsageError(str(exc)) from None
     if cfg.preset == "default" and dev.type != "cuda":
         click.echo("note: no CUDA device; the default preset is slow on a CPU (try --preset quick)", err=True)
-    for note in input_notes(input_dir, layout, count_views(input_dir, layout), cfg.elevation_deg):
+    said = input_notes(input_dir, layout, count_views(input_dir, layout), cfg.elevation_deg)
+    for note in said:
         click.echo(f"note: {note}", err=True)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -147,6 +148,9 @@ def recon(input_dir: Path, out_dir: Path | None, preset: str, elevation_deg: flo
                                  progress=lambda s, l: bar.update(task, completed=s, loss=f"{l:.4f}"))
         except ReconError as exc:
             raise click.ClickException(str(exc)) from None
+    for note in result.notes:
+        if note not in said:
+            click.echo(f"note: {note}", err=True)
     t = result.timings
     click.echo(f"mesh: {result.n_vertices} vertices, {result.n_faces} faces -> "
                + ", ".join(str(p) for p in result.mesh_paths.values()))

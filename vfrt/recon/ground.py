@@ -65,6 +65,17 @@ def up_direction(c2w: np.ndarray) -> np.ndarray | None:
     return mean / np.linalg.norm(mean)
 
 
+def one_sided_note(c2w: np.ndarray) -> str | None:
+    """What a user should know when every camera looks from one side (None when they surround the object)."""
+    up = up_direction(c2w)
+    if up is None:
+        return None
+    side = "above" if up[2] > 0.5 else "below" if up[2] < -0.5 else "one side"
+    return (f"all {len(c2w)} views look at the object from {side}: what none of them sees (the space under a "
+            "seat or a table top) comes out filled; views from the other side show it (`vfrt run "
+            "--low-ring 12` adds 12 views from below)")
+
+
 @torch.no_grad()
 def find_floor(mesh, data: ReconData, device: torch.device, margin: float = 0.0) -> Floor | None:
     """The floor under ``mesh`` (trimesh, outward normals) seen by the views of ``data``, ``margin``

@@ -84,7 +84,7 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     Raises :class:`~vfrt.recon.errors.ReconError` subclasses on bad input or divergence.
     """
     from vfrt.recon.bake import bake_texture, bake_vertex_colours
-    from vfrt.recon.ground import find_floor, worth_cutting
+    from vfrt.recon.ground import find_floor, one_sided_note, worth_cutting
     from vfrt.recon.mesh import export_mesh, mesh_from_grid, surface_grid, write_turntable
     from vfrt.recon.metrics import colour_psnr, evaluate_mesh, load_mesh
 
@@ -96,6 +96,8 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
     full = load_views(input_dir, elevation_deg=cfg.elevation_deg, min_views=cfg.min_views) \
         if cfg.image_size is not None else data
     ref = load_mesh(reference_mesh) if reference_mesh is not None else None
+    one_sided = one_sided_note(full.c2w)
+    notes = data.notes + ((one_sided,) if one_sided else ())
     timings["load"] = time.perf_counter() - t
 
     trained = train_neus(data, cfg, progress)
@@ -141,9 +143,9 @@ def reconstruct(input_dir: str | Path, out_dir: str | Path, cfg: ReconConfig, *,
         metrics = evaluate_mesh(mesh, ref) if ref is not None else None
         colour = colour_psnr(textured or mesh, full, dev) if evaluate_colours else None
         result = ReconResult(out, paths, tt_path, len(mesh.vertices), len(mesh.faces), trained.backend, str(dev),
-                             trained.final_loss, timings, metrics, colour, data.notes, base)
+                             trained.final_loss, timings, metrics, colour, notes, base)
         summary = {
-            "input": str(input_dir), "views": data.n_views, "cameras": data.source, "notes": list(data.notes),
+            "input": str(input_dir), "views": data.n_views, "cameras": data.source, "notes": list(notes),
             "image_size": [data.intrinsics.width, data.intrinsics.height],
             "backend": trained.backend, "device": str(dev), "final_loss": trained.final_loss,
             "final_inv_s": trained.final_inv_s,
