@@ -12,10 +12,10 @@ training runs under ``torch.use_deterministic_algorithms`` (the table-gradient s
 reference encoding otherwise adds in a thread-dependent order). On CUDA it does not: the fused
 Triton backward scatters with ``atomic_add``, whose order varies from run to run.
 
-Per-step schedules (learning rate, cos-annealing, sharpness floor, finite-difference eps, level mask,
-loss slot) are written into device tensors before each step, so the step itself reads nothing from the
-host: with ``cfg.cuda_graph`` (CUDA and the Triton encoding) it is captured once as a CUDA graph and
-replayed (:class:`_Recipe`; not yet run on a GPU, docs/RECON.md).
+Per-step schedules (cos-annealing, sharpness floor, finite-difference eps, level mask, loss slot; the
+learning rates too when captured) are written into device tensors before each step, so the step itself
+reads nothing from the host: with ``cfg.cuda_graph`` (CUDA and the Triton encoding) it is captured once as
+a CUDA graph and replayed (:class:`_Recipe`; not yet run on a GPU, docs/RECON.md).
 
 Non-finite losses are detected on the device every step and checked on the host every
 ``nan_check_every`` steps (one sync); training then stops with
