@@ -20,6 +20,8 @@ const char* kUsage =
     "usage: vfrt-orbit IMAGE --engines DIR --out DIR [options]\n"
     "  --views N          orbit views, the input included (default 36)\n"
     "  --generate N       stop after N generated views (default: all)\n"
+    "  --low-ring N       N more views on a ring below, after the complete orbit (default 0: none)\n"
+    "  --low-ring-polar D how far below the input's elevation that ring is, degrees (default 45)\n"
     "  --single P,A,R     one target pose instead: polar and azimuth deltas (degrees), radius\n"
     "  --steps S          DDIM steps (default 75)\n"
     "  --eta X            DDIM eta (default 1)\n"
@@ -51,7 +53,8 @@ int main(int argc, char** argv) {
   std::string image_path, engines, out, single;
   std::map<std::string, std::string> values;
   bool overwrite = false;
-  const std::string valued[] = {"--engines", "--out", "--views", "--generate", "--single", "--steps", "--eta",
+  const std::string valued[] = {"--engines", "--out", "--views", "--generate", "--low-ring", "--low-ring-polar",
+                                "--single", "--steps", "--eta",
                                 "--guidance", "--inference-temp", "--auto-temp", "--seed", "--noise-mode",
                                 "--noise", "--save-noise", "--elevation", "--device"};
   for (int i = 1; i < argc; ++i) {
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
     };
     options.views = static_cast<int>(number("--views", options.views));
     options.generate = static_cast<int>(number("--generate", options.generate));
+    options.low_ring = static_cast<int>(number("--low-ring", options.low_ring));
+    options.low_ring_polar = number("--low-ring-polar", options.low_ring_polar);
     options.steps = static_cast<int>(number("--steps", options.steps));
     options.eta = number("--eta", options.eta);
     options.guidance = number("--guidance", options.guidance);
@@ -111,7 +116,10 @@ int main(int argc, char** argv) {
                 to_number("--single", text.substr(b + 1))};
     }
     if (values.count("--device")) engine_options.device = values["--device"];
+    options.validate();  // before any work: a bad value is a usage error, as in `vfrt run`
   } catch (const std::invalid_argument& exc) {
+    return usage_error(exc.what());
+  } catch (const vfrt::Error& exc) {
     return usage_error(exc.what());
   }
 

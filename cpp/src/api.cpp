@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "files.hpp"
 #include "sampling.hpp"
 #include "vfrt/vfrt.hpp"
 
@@ -160,30 +161,68 @@ void Options::validate() const {
   if (generate < 0 || generate > views - 1) {
     fail("generate must be in [1, " + std::to_string(views - 1) + "] (0: all), got " + std::to_string(generate));
   }
+  if (low_ring < 0) fail("low_ring must be >= 0, got " + std::to_string(low_ring));
+  if (low_ring > 0) {
+    if (generate != 0 && generate != views - 1) fail("a low ring follows a complete orbit: set generate to 0");
+    const double below = elevation - low_ring_polar;
+    if (!(std::isfinite(low_ring_polar) && low_ring_polar > 0 && low_ring_polar < 180 && below > -90 && below < 90)) {
+      std::ostringstream msg;
+      msg << "the low ring's polar offset must put its cameras between the poles: elevation " << elevation << " - "
+          << low_ring_polar << " degrees is " << below;
+      fail(msg.str());
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------ results
-std::vector<int> Result::orbit_order() const {
+namespace {
+
+/// Indices of the views of one ring (the orbit: polar delta 0; the low ring: the others) sorted by azimuth.
+std::vector<int> ring_order(const std::vector<View>& views, bool low) {
+  std::vector<int> members;
   std::vector<double> azimuths;
-  for (const auto& v : views) azimuths.push_back(v.azimuth);
-  return detail::orbit_order(azimuths);
+  for (size_t i = 0; i < views.size(); ++i) {
+    if ((views[i].polar != 0.0) == low) {
+      members.push_back(static_cast<int>(i));
+      azimuths.push_back(views[i].azimuth);
+    }
+  }
+  std::vector<int> order;
+  for (int k : detail::orbit_order(azimuths)) order.push_back(members[k]);
+  return order;
 }
 
+/// transforms.json frames of one ring: view i of n at azimuth i * 360 / n (cameras.py transforms_dict).
+void add_ring_frames(json& frames, int n, double elevation_deg, const std::string& prefix) {
+  for (int i = 0; i < n; ++i) {
+    const double azimuth_deg = i * 360.0 / n;
+    const auto m = detail::camera_to_world_opengl(azimuth_deg * kDegToRad, elevation_deg * kDegToRad, 1.5);
+    json rows = json::array();
+    for (int r = 0; r < 4; ++r) rows.push_back({m[r * 4], m[r * 4 + 1], m[r * 4 + 2], m[r * 4 + 3]});
+    char name[48];
+    std::snprintf(name, sizeof name, "views/%s%03d.png", prefix.c_str(), i);
+    frames.push_back({{"file_path", name}, {"transform_matrix", rows}, {"azimuth_deg", azimuth_deg},
+                      {"elevation_deg", elevation_deg}});
+  }
+}
+
+}  // namespace
+
+std::vector<int> Result::orbit_order() const { return ring_order(views, false); }
+
+std::vector<int> Result::low_ring_order() const { return ring_order(views, true); }
+
 std::string Result::transforms_json() const {
-  if (mode != "orbit" || static_cast<int>(views.size()) != n_views - 1) {
+  const std::vector<int> low = low_ring_order();
+  if (mode != "orbit" || static_cast<int>(orbit_order().size()) != n_views - 1) {
     throw Error(Status::invalid_argument, "transforms.json describes a complete orbit (vfrt run writes it only then)");
   }
   const Intrinsics k(input.width);
   json frames = json::array();
-  for (int i = 0; i < n_views; ++i) {  // cameras.py transforms_dict: view i at i * 360 / N degrees
-    const double azimuth_deg = i * 360.0 / n_views;
-    const auto m = detail::camera_to_world_opengl(azimuth_deg * kDegToRad, elevation * kDegToRad, 1.5);
-    json rows = json::array();
-    for (int r = 0; r < 4; ++r) rows.push_back({m[r * 4], m[r * 4 + 1], m[r * 4 + 2], m[r * 4 + 3]});
-    char name[32];
-    std::snprintf(name, sizeof name, "views/%03d.png", i);
-    frames.push_back({{"file_path", name}, {"transform_matrix", rows}, {"azimuth_deg", azimuth_deg},
-                      {"elevation_deg", elevation}});
+  add_ring_frames(frames, n_views, elevation, "");
+  // the low ring: one elevation (its views share the polar delta), names by azimuth as save() writes them
+  if (!low.empty()) {
+    add_ring_frames(frames, static_cast<int>(low.size()), elevation - views[low[0]].polar * (180.0 / kPi), "low_");
   }
   const json out = {{"camera_model", "OPENCV"}, {"fl_x", k.focal}, {"fl_y", k.focal}, {"cx", k.centre},
                     {"cy", k.centre}, {"w", input.width}, {"h", input.height}, {"k1", 0.0}, {"k2", 0.0},
@@ -221,14 +260,19 @@ void Result::save(const std::string& folder, bool overwrite) const {
         std::snprintf(name, sizeof name, "%03zu.png", i + 1);
         write_png_or_throw((tmp / "views" / name).string(), views[order[i]].image);
       }
-      if (static_cast<int>(views.size()) == n_views - 1) {
+      const std::vector<int> low = low_ring_order();
+      for (size_t j = 0; j < low.size(); ++j) {
+        char name[32];
+        std::snprintf(name, sizeof name, "low_%03zu.png", j);
+        write_png_or_throw((tmp / "views" / name).string(), views[low[j]].image);
+      }
+      if (static_cast<int>(order.size()) == n_views - 1) {
         std::ofstream transforms(tmp / "transforms.json");
         transforms << transforms_json();
         if (!transforms) throw Error(Status::io, "cannot write " + (tmp / "transforms.json").string());
       }
     }
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(tmp, out);
+    detail::replace_folder(tmp, out, "the output folder");
   } catch (const Error&) {
     fs::remove_all(tmp, ec);
     throw;

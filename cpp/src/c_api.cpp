@@ -94,6 +94,8 @@ struct CallOptions {
     options.seed = o.seed;
     options.noise_mode = static_cast<vfrt::NoiseMode>(o.noise_mode);
     options.elevation = o.elevation;
+    options.low_ring = o.low_ring;
+    options.low_ring_polar = o.low_ring_polar;
     options.noise = o.noise ? o.noise : "";
     options.record_noise = o.record_noise ? o.record_noise : "";
     options.cancel = &cancel;
@@ -111,6 +113,17 @@ const vfrt::View& view_at(const vfrt_result* result, int index) {
   require(result != nullptr, "result is NULL");
   require(index >= 0 && index < static_cast<int>(result->result.views.size()), "view index out of range");
   return result->result.views[index];
+}
+
+/// `order`, then -1 up to one int per view (`out` holds `count`).
+vfrt_status copy_order(const vfrt_result* result, int* out, size_t count, bool low) {
+  return call([&] {
+    require(result != nullptr && out != nullptr, "result and out must not be NULL");
+    const std::vector<int> order = low ? result->result.low_ring_order() : result->result.orbit_order();
+    require(count >= result->result.views.size(), "out must hold one int per view");
+    std::fill(out, out + result->result.views.size(), -1);
+    std::copy(order.begin(), order.end(), out);
+  });
 }
 
 }  // namespace
@@ -137,6 +150,8 @@ void vfrt_options_init(vfrt_options* options) {
   options->seed = d.seed;
   options->noise_mode = VFRT_NOISE_EXACT;
   options->elevation = d.elevation;
+  options->low_ring = d.low_ring;
+  options->low_ring_polar = d.low_ring_polar;
 }
 
 vfrt_status vfrt_engine_open(const char* directory, const char* device, vfrt_engine** engine) {
@@ -205,13 +220,13 @@ vfrt_status vfrt_result_view_rgb8(const vfrt_result* result, int index, uint8_t*
   });
 }
 
+
 vfrt_status vfrt_result_orbit_order(const vfrt_result* result, int* out, size_t count) {
-  return call([&] {
-    require(result != nullptr && out != nullptr, "result and out must not be NULL");
-    const std::vector<int> order = result->result.orbit_order();
-    require(count >= order.size(), "out must hold one int per view");
-    std::copy(order.begin(), order.end(), out);
-  });
+  return copy_order(result, out, count, false);
+}
+
+vfrt_status vfrt_result_low_ring_order(const vfrt_result* result, int* out, size_t count) {
+  return copy_order(result, out, count, true);
 }
 
 vfrt_status vfrt_result_timing(const vfrt_result* result, vfrt_timing* timing) {

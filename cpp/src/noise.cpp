@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "files.hpp"
 #include "vfrt/vfrt.hpp"
 
 namespace vfrt::detail {
@@ -149,15 +150,10 @@ void NoiseDirWriter::commit() {
     out << index.dump(1);
     if (!out) throw Error(Status::io, "cannot write " + temporary_ + "/" + kIndex);
   }
-  std::error_code ec;
-  if (fs::exists(directory_)) {
-    if (!fs::exists(fs::path(directory_) / kIndex)) {
-      throw Error(Status::io, directory_ + " exists and is not a noise directory; choose another path");
-    }
-    fs::remove_all(directory_, ec);
+  if (fs::exists(directory_) && !fs::exists(fs::path(directory_) / kIndex)) {
+    throw Error(Status::io, directory_ + " exists and is not a noise directory; choose another path");
   }
-  fs::rename(temporary_, directory_, ec);
-  if (ec) throw Error(Status::io, "cannot write the noise directory " + directory_ + ": " + ec.message());
+  replace_folder(temporary_, fs::absolute(directory_), "the noise directory");
   committed_ = true;
 }
 

@@ -687,7 +687,12 @@ const EngineInfo& Engine::info() const { return impl_->info(); }
 
 Result Engine::orbit(const Image& input, const Options& options) {
   options.validate();
-  const auto plans = detail::plan_orbit(options.views, options.generate, options.inference_temp, options.auto_temp);
+  auto plans = detail::plan_orbit(options.views, options.generate, options.inference_temp, options.auto_temp);
+  if (options.low_ring > 0) {
+    const auto low = detail::plan_low_ring(options.views, options.low_ring, options.low_ring_polar * (detail::kPi / 180.0),
+                                           options.inference_temp, options.auto_temp);
+    plans.insert(plans.end(), low.begin(), low.end());
+  }
   return guarded("the orbit", [&] { return impl_->generate("orbit", plans, input, options.views, options); });
 }
 

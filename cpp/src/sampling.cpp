@@ -202,6 +202,74 @@ std::vector<ViewPlan> plan_orbit(int n_views, int generate, double inference_tem
   return plans;
 }
 
+namespace {
+
+/// vfrt.runtime.poses.orbit_azimuth: generated view v of an n-view orbit at +s, -s, +2s, ... (float64).
+double orbit_azimuth(int v, int n_views) {
+  const double step = 2 * kPi / n_views * (v / 2 + 1);
+  return (v & 1) ? -step : step;
+}
+
+/// numpy's float32 remainder (np.remainder): fmod, then the divisor's sign.
+float remainder32(float x, float m) {
+  float mod = std::fmod(x, m);
+  if (mod != 0.0f) {
+    if ((m < 0) != (mod < 0)) mod += m;
+  } else {
+    mod = std::copysign(0.0f, m);
+  }
+  return mod;
+}
+
+}  // namespace
+
+std::vector<ViewPlan> plan_low_ring(int n_views, int n_low, double delta_polar, double inference_temp,
+                                    double auto_temp) {
+  check_temps(inference_temp, auto_temp);
+  if (n_low < 1) throw Error(Status::invalid_argument, "a low ring needs at least 1 view, got " + std::to_string(n_low));
+  if (!(std::isfinite(delta_polar) && std::fabs(delta_polar) > 0 && std::fabs(delta_polar) < kPi)) {
+    std::ostringstream msg;
+    msg << "the low ring's polar offset must be within (0, 180) degrees, got " << delta_polar * 180.0 / kPi;
+    throw Error(Status::invalid_argument, msg.str());
+  }
+  const float pi32 = static_cast<float>(kPi), two_pi32 = static_cast<float>(2 * kPi);
+  const float drop32 = static_cast<float>(kDropDistance);
+  std::vector<std::array<double, 2>> anchors{{0.0, 0.0}};
+  for (int v = 0; v < n_views - 1; ++v) anchors.push_back({0.0, orbit_azimuth(v, n_views)});
+  std::vector<ViewPlan> plans;
+  for (int j = 0; j < n_low; ++j) {
+    const double target_az = j == 0 ? 0.0 : orbit_azimuth(j - 1, n_low);
+    const int all = static_cast<int>(anchors.size());
+    // float32 arithmetic, as numpy on the float32 anchor array (a Python float against it stays float32)
+    std::vector<float> d_polar(all), d_az(all), dist(all);
+    std::vector<std::int64_t> valid_index;
+    for (int k = 0; k < all; ++k) {
+      d_polar[k] = static_cast<float>(delta_polar) - static_cast<float>(anchors[k][0]);
+      d_az[k] = remainder32(static_cast<float>(target_az) - static_cast<float>(anchors[k][1]), two_pi32);
+      const float wrapped = d_az[k] <= pi32 ? d_az[k] : two_pi32 - d_az[k];
+      dist[k] = std::fabs(d_polar[k]) + wrapped;
+      if (k == 0 || dist[k] < drop32) valid_index.push_back(k);
+    }
+    at::Tensor index = at::tensor(valid_index, at::kLong);
+    at::Tensor w = at::tensor(dist, at::kFloat).index_select(0, index);
+    if (w.size(0) > 1) {
+      at::Tensor w_in = at::exp(-w[0] / kPi / inference_temp);  // float32 0-dim tensor, as the Python
+      at::Tensor rest = w.slice(0, 1);
+      rest.copy_(at::softmax(-rest / rest.max() / auto_temp, 0) * at::rsub(w_in, 1));
+      w[0] = w_in;
+    } else {
+      w[0] = 1;
+    }
+    at::Tensor az_t = at::tensor(d_az, at::kFloat);
+    at::Tensor T = at::stack({at::tensor(d_polar, at::kFloat), at::sin(az_t), at::cos(az_t), at::zeros({all}, at::kFloat)},
+                             1)
+                       .index_select(0, index);
+    plans.push_back(make_plan(delta_polar, target_az, 0.0, valid_index, w, T));
+    anchors.push_back({delta_polar, target_az});
+  }
+  return plans;
+}
+
 std::vector<ViewPlan> plan_single(double delta_polar, double delta_azimuth, double delta_radius, double inference_temp,
                                   double auto_temp) {
   check_temps(inference_temp, auto_temp);

@@ -5,7 +5,7 @@
 // libtorch's own kernels where Python used torch (softmax, sin/cos: the same ATen ops are called):
 //   make_ddim_schedule  <- vfrt/runtime/schedule.py    (incl. the 76-step quirk: t_start = -1)
 //   step_coefficients   <- vfrt/engines/step.py         (float64 from the float32 schedule)
-//   plan_orbit / plan_single <- vfrt/runtime/poses.py
+//   plan_orbit / plan_single / plan_low_ring <- vfrt/runtime/poses.py
 //   camera_to_world_opengl   <- vfrt/runtime/cameras.py (SPEC §8)
 // Interfaces use std::vector only, so callers need no torch headers.
 #pragma once
@@ -56,6 +56,11 @@ struct ViewPlan {
 
 /// The 360-degree orbit (SPEC §5); `generate` 0 means all n_views - 1 views.
 std::vector<ViewPlan> plan_orbit(int n_views, int generate, double inference_temp, double auto_temp);
+/// A second ring of `n_low` views `delta_polar` radians below the input's elevation, after a complete
+/// `n_views` orbit (a vfrt extension): view j at azimuth 0, +s, -s, +2s, ... (s = 2 pi / n_low); slots
+/// continue the orbit's (slot n_views + j is low view j). Returns the ring's plans only.
+std::vector<ViewPlan> plan_low_ring(int n_views, int n_low, double delta_polar, double inference_temp,
+                                    double auto_temp);
 /// One target pose (radians) through 10-degree intermediate views.
 std::vector<ViewPlan> plan_single(double delta_polar, double delta_azimuth, double delta_radius,
                                   double inference_temp, double auto_temp);

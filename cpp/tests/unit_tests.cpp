@@ -4,7 +4,8 @@
 //
 //   vfrt_unit_tests                       the checks below; ends with "N passed, N failed"
 //   vfrt_unit_tests dump CASES_JSON       {"schedules": [[steps, eta]], "orbits": [[views, tau_inf, tau_auto]],
-//                                          "singles": [[polar, azimuth, radius, tau_inf, tau_auto]]} (radians)
+//                                          "singles": [[polar, azimuth, radius, tau_inf, tau_auto]],
+//                                          "low_rings": [[views, n_low, delta_polar, tau_inf, tau_auto]]} (radians)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "engine_dir.hpp"
+#include "files.hpp"
 #include "noise.hpp"
 #include "sampling.hpp"
 #include "vfrt/vfrt.hpp"
@@ -54,6 +56,26 @@ void check_error(const std::string& what, Status status, const std::string& word
 fs::path temp_dir() {
   std::string pattern = (fs::temp_directory_path() / "vfrt-unit-XXXXXX").string();
   return fs::path(::mkdtemp(pattern.data()));
+}
+
+void test_replace_folder() {
+  const fs::path dir = temp_dir();
+  const fs::path target = dir / "out", ready = dir / ".out.ready", again = dir / ".out.again";
+  fs::create_directories(ready);
+  std::ofstream(ready / "a.txt") << "first";
+  detail::replace_folder(ready, target, "the test folder");
+  check(fs::exists(target / "a.txt") && !fs::exists(ready), "replace_folder puts a new folder in place");
+  fs::create_directories(again);
+  std::ofstream(again / "b.txt") << "second";
+  detail::replace_folder(again, target, "the test folder");
+  int others = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) others += entry.path() != target;
+  check(fs::exists(target / "b.txt") && !fs::exists(target / "a.txt") && others == 0,
+        "replace_folder replaces an existing folder and leaves nothing aside");
+  check_error("replace_folder of a missing folder", Status::io, "the test folder",
+              [&] { detail::replace_folder(dir / ".missing", target, "the test folder"); });
+  check(fs::exists(target / "b.txt"), "a failed replace_folder keeps the old folder");
+  fs::remove_all(dir);
 }
 
 void test_schedule() {
@@ -114,6 +136,17 @@ void test_options() {
                 o.views = 8;
                 o.generate = 8;
               }));
+  check_error("negative low ring", Status::invalid_argument, "low_ring", with([](Options& o) { o.low_ring = -1; }));
+  check_error("a low ring after a partial orbit", Status::invalid_argument, "complete orbit", with([](Options& o) {
+                o.low_ring = 4;
+                o.generate = 3;
+              }));
+  check_error("a low ring past the pole", Status::invalid_argument, "between the poles", with([](Options& o) {
+                o.low_ring = 4;
+                o.low_ring_polar = 130;
+              }));
+  with([](Options& o) { o.low_ring = 12; })();  // the default polar offset: 30 - 45 = -15 degrees
+  check(true, "a 12-view low ring 45 degrees below is valid");
 }
 
 void test_images(const fs::path& dir) {
@@ -176,7 +209,8 @@ void test_cameras() {
 }
 
 json dump(const json& cases) {
-  json out = {{"schedules", json::array()}, {"orbits", json::array()}, {"singles", json::array()}};
+  json out = {{"schedules", json::array()}, {"orbits", json::array()}, {"singles", json::array()},
+              {"low_rings", json::array()}};
   for (const auto& s : cases.value("schedules", json::array())) {
     const auto schedule = detail::make_ddim_schedule(s[0].get<int>(), s[1].get<double>(), detail::TrainSchedule{});
     const auto c = detail::step_coefficients(schedule);
@@ -195,6 +229,10 @@ json dump(const json& cases) {
   for (const auto& o : cases.value("orbits", json::array())) {
     out["orbits"].push_back(plans_json(detail::plan_orbit(o[0].get<int>(), 0, o[1].get<double>(), o[2].get<double>())));
   }
+  for (const auto& r : cases.value("low_rings", json::array())) {
+    out["low_rings"].push_back(plans_json(detail::plan_low_ring(r[0].get<int>(), r[1].get<int>(), r[2].get<double>(),
+                                                                r[3].get<double>(), r[4].get<double>())));
+  }
   for (const auto& s : cases.value("singles", json::array())) {
     out["singles"].push_back(plans_json(detail::plan_single(s[0].get<double>(), s[1].get<double>(), s[2].get<double>(),
                                                             s[3].get<double>(), s[4].get<double>())));
@@ -210,6 +248,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const fs::path dir = temp_dir();
+  test_replace_folder();
   test_schedule();
   test_plans();
   test_options();

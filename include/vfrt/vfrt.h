@@ -76,6 +76,8 @@ typedef struct vfrt_options {
   const char* record_noise; /* write this run's draws to this directory, or NULL */
   vfrt_progress_fn progress; /* or NULL */
   void* progress_user_data;
+  int low_ring;           /* orbit: this many more views on a second ring after the complete orbit (0: none) */
+  double low_ring_polar;  /* how far below the input's elevation that ring is, degrees (default 45) */
 } vfrt_options;
 
 /* An input image: a PNG file (path set), or pixels in memory (path NULL). */
@@ -129,8 +131,12 @@ VFRT_C_API int vfrt_result_view_count(const vfrt_result* result);
 VFRT_C_API vfrt_status vfrt_result_view(const vfrt_result* result, int index, vfrt_view* view);
 /* Copy view `index` as 8-bit RGB into `out` (size >= height * width * 3 bytes). */
 VFRT_C_API vfrt_status vfrt_result_view_rgb8(const vfrt_result* result, int index, uint8_t* out, size_t size);
-/* The generation indices sorted by azimuth (orbit order after the input); `out` holds view_count ints. */
+/* The generation indices of the orbit's views sorted by azimuth (orbit order after the input), then -1 for
+   the low ring's; `out` holds view_count ints. */
 VFRT_C_API vfrt_status vfrt_result_orbit_order(const vfrt_result* result, int* out, size_t count);
+/* The generation indices of the low ring's views sorted by azimuth, then -1 (all -1 without a low ring);
+   `out` holds view_count ints. */
+VFRT_C_API vfrt_status vfrt_result_low_ring_order(const vfrt_result* result, int* out, size_t count);
 VFRT_C_API vfrt_status vfrt_result_timing(const vfrt_result* result, vfrt_timing* timing);
 /* Write the views and cameras as `vfrt run` does (vfrt::Result::save); overwrite: non-zero replaces a folder. */
 VFRT_C_API vfrt_status vfrt_result_save(const vfrt_result* result, const char* folder, int overwrite);

@@ -92,6 +92,8 @@ struct Progress {
 struct VFRT_API Options {
   int views = 36;              ///< orbit: N views around the object, the input included (>= 2)
   int generate = 0;            ///< orbit: stop after this many generated views (0: all N - 1)
+  int low_ring = 0;            ///< orbit: this many more views on a second ring after the complete orbit (0: none)
+  double low_ring_polar = 45.0; ///< how far below the input's elevation that ring is, degrees (0..180)
   int steps = 75;              ///< DDIM steps S (75 runs 76 UNet steps per view); >= 2
   double eta = 1.0;            ///< DDIM eta (>= 0)
   double guidance = 3.0;       ///< classifier-free guidance scale (>= 0; 1 = none)
@@ -153,12 +155,16 @@ struct VFRT_API Result {
   std::vector<View> views;   ///< generation order (single mode: intermediate views, the target last)
   Timing timing;
 
-  /// Indices into `views` sorted by azimuth in [0, 2 pi) (the orbit order after the input).
+  /// Indices into `views` of the orbit's views (polar delta 0) sorted by azimuth in [0, 2 pi) (the orbit
+  /// order after the input).
   std::vector<int> orbit_order() const;
+  /// Indices into `views` of the low ring's views (Options::low_ring) sorted by azimuth; empty without one.
+  std::vector<int> low_ring_order() const;
   /// Write the folder `vfrt run` writes for the views and cameras: orbit: views/000.png (the input)
-  /// ... views/NNN.png by azimuth and transforms.json (nerfstudio, SPEC §8); single: views/input.png,
-  /// views/step_XX.png and target.png. Written into a temporary sibling, renamed when complete;
-  /// an existing folder is replaced only with `overwrite`. Status::io on failure.
+  /// ... views/NNN.png by azimuth, a low ring's views/low_000.png ... by azimuth, and transforms.json
+  /// (nerfstudio, SPEC §8; both rings); single: views/input.png, views/step_XX.png and target.png.
+  /// Written into a temporary sibling and renamed into place when complete (an existing folder, replaced
+  /// only with `overwrite`, is moved aside first and deleted last). Status::io on failure.
   void save(const std::string& folder, bool overwrite = false) const;
   /// The nerfstudio transforms.json of the orbit (what save() writes), as JSON text.
   std::string transforms_json() const;
@@ -199,7 +205,8 @@ class VFRT_API Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  /// A 360-degree orbit: options.views - 1 generated views (or options.generate), generation order.
+  /// A 360-degree orbit: options.views - 1 generated views (or options.generate), then options.low_ring
+  /// views of a second ring, generation order.
   Result orbit(const Image& input, const Options& options = {});
   /// One target pose through 10-degree intermediate views; the target is the last view.
   Result single(const Image& input, const Pose& target, const Options& options = {});

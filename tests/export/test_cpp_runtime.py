@@ -70,7 +70,8 @@ class Options(ctypes.Structure):
                 ("eta", ctypes.c_double), ("guidance", ctypes.c_double), ("inference_temp", ctypes.c_double),
                 ("auto_temp", ctypes.c_double), ("seed", ctypes.c_int64), ("noise_mode", ctypes.c_int),
                 ("elevation", ctypes.c_double), ("noise", ctypes.c_char_p), ("record_noise", ctypes.c_char_p),
-                ("progress", PROGRESS), ("progress_user_data", ctypes.c_void_p)]
+                ("progress", PROGRESS), ("progress_user_data", ctypes.c_void_p), ("low_ring", ctypes.c_int),
+                ("low_ring_polar", ctypes.c_double)]
 
 
 class ImageIn(ctypes.Structure):
@@ -120,6 +121,8 @@ class VfrtC:
         lib.vfrt_result_view_count.argtypes = [ctypes.c_void_p]
         lib.vfrt_result_view.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ViewOut)]
         lib.vfrt_result_save.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        for name in ("vfrt_result_orbit_order", "vfrt_result_low_ring_order"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_size_t]
         lib.vfrt_result_free.argtypes = [ctypes.c_void_p]
 
     def check(self, status: int) -> None:
@@ -139,7 +142,9 @@ class VfrtC:
                                              ctypes.byref(handle)))
         return handle.value
 
-    def generate(self, engine, image_path, options: Options, single: tuple | None = None) -> list[CppView]:
+    def generate(self, engine, image_path, options: Options, single: tuple | None = None,
+                 orders: dict | None = None) -> list[CppView]:
+        """The views of one call; ``orders``, if given, receives the C API's "orbit" and "low_ring" orders."""
         image = ImageIn(path=str(image_path).encode())
         result = ctypes.c_void_p()
         if single is None:
@@ -158,6 +163,12 @@ class VfrtC:
                                      [v.references[k] for k in range(v.num_references)],
                                      np.array([v.weights[k] for k in range(v.num_references)], np.float32),
                                      np.array(list(v.camera_to_world)).reshape(4, 4)))
+            if orders is not None:
+                for key, fn in (("orbit", self.lib.vfrt_result_orbit_order),
+                                ("low_ring", self.lib.vfrt_result_low_ring_order)):
+                    out = (ctypes.c_int * len(views))()
+                    self.check(fn(result, out, len(views)))
+                    orders[key] = list(out)
             return views
         finally:
             self.lib.vfrt_result_free(result)
@@ -203,13 +214,15 @@ def test_schedule_coefficients_and_plans_equal_python(cpp_build):
     """The static half of the loop, number by number: float32 schedule and coefficients bit-equal; plans
     equal (weights and pose conditions come from the same ATen kernels, so equal as well)."""
     from vfrt.engines.step import step_coefficients
-    from vfrt.runtime.poses import plan_orbit, plan_single
+    from vfrt.runtime.poses import plan_low_ring, plan_orbit, plan_single
     from vfrt.runtime.schedule import make_ddim_schedule
     deg = np.pi / 180
     cases = {"schedules": [[75, 1.0], [50, 0.0], [10, 0.3], [2, 1.0], [200, 1.0]],
              "orbits": [[36, 0.5, 0.5], [8, 0.5, 1.0], [4, 0.3, 0.7], [60, 0.5, 0.5]],
              "singles": [[-20 * deg, 65 * deg, 0.0, 0.5, 0.5], [10 * deg, -170 * deg, 0.1, 0.4, 0.9],
-                         [0.0, 0.0, 0.3, 0.5, 0.5], [5 * deg, 400 * deg, 0.0, 0.5, 0.5]]}
+                         [0.0, 0.0, 0.3, 0.5, 0.5], [5 * deg, 400 * deg, 0.0, 0.5, 0.5]],
+             "low_rings": [[36, 12, 45 * deg, 0.5, 0.5], [8, 3, 30 * deg, 0.4, 0.9], [36, 1, -20 * deg, 0.5, 0.5],
+                           [12, 7, 170 * deg, 0.5, 0.5]]}
     out = subprocess.run([str(cpp_build.program("vfrt_unit_tests")), "dump", json.dumps(cases)], capture_output=True,
                          text=True, check=True)
     got = json.loads(out.stdout)
@@ -221,8 +234,9 @@ def test_schedule_coefficients_and_plans_equal_python(cpp_build):
         coef = step_coefficients(py, "cpu").numpy()
         np.testing.assert_array_equal(np.float32([cpp["c_x"], cpp["c_eps"]]), coef[:2], err_msg=f"{steps} steps")
     plans = [plan_orbit(n, None, ti, ta) for n, ti, ta in cases["orbits"]] + \
-        [plan_single(*args) for args in cases["singles"]]
-    for py_plans, cpp_plans in zip(plans, got["orbits"] + got["singles"]):
+        [plan_single(*args) for args in cases["singles"]] + [plan_low_ring(*args) for args in cases["low_rings"]]
+    assert len(plans) == len(got["orbits"] + got["singles"] + got["low_rings"])
+    for py_plans, cpp_plans in zip(plans, got["orbits"] + got["singles"] + got["low_rings"]):
         assert len(py_plans) == len(cpp_plans)
         for p, c in zip(py_plans, cpp_plans):
             assert c["references"] == p.references.tolist()
@@ -416,6 +430,54 @@ def test_vfrt_orbit_writes_the_views_and_cameras_vfrt_run_writes(cpp_build, aoti
                           str(tmp_path / "c"), "3", "2"], capture_output=True, text=True)
     assert res.returncode == 0 and "2 views of" in res.stdout, res.stdout + res.stderr
     assert sorted(p.name for p in (tmp_path / "c" / "views").iterdir()) == ["000.png", "001.png", "002.png"]
+
+
+def test_vfrt_orbit_with_a_low_ring_writes_what_vfrt_run_writes(cpp_build, aoti_engines, input_png, tmp_path, vfrt_c,
+                                                                 engine):
+    """--low-ring: the same views as Python's Pipeline.orbit(low_ring=...) under the same seed, named
+    views/low_XXX.png by azimuth, and transforms.json with both rings (cameras.py's rings)."""
+    import math
+
+    from vfrt.runtime.cameras import write_transforms_json_rings
+    from vfrt.runtime.preprocess import to_uint8
+    from vfrt.runtime.sampler import SamplerConfig
+    out = tmp_path / "orbit"
+    cmd = [str(cpp_build.program("vfrt-orbit")), str(input_png), "--engines", str(aoti_engines.directory), "--out",
+           str(out), "--views", "6", "--steps", "4", "--seed", "3", "--elevation", "20", "--low-ring", "3",
+           "--low-ring-polar", "40"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    py = _python_engines(aoti_engines).orbit(input_png, views=6, low_ring=3, low_ring_polar=40.0,
+                                             sampler=SamplerConfig(steps=4, seed=3), preprocess=False)
+    for i, frame in enumerate(py.orbit_images()):
+        assert np.array_equal(np.asarray(Image.open(out / "views" / f"{i:03d}.png")), to_uint8(frame)), i
+    low = py.low_ring_images()
+    assert len(low) == 3 and sorted(p.name for p in (out / "views").glob("low_*.png")) == [
+        "low_000.png", "low_001.png", "low_002.png"]
+    for j, frame in enumerate(low):
+        assert np.array_equal(np.asarray(Image.open(out / "views" / f"low_{j:03d}.png")), to_uint8(frame)), j
+    ring_elevation = 20.0 - math.degrees(py.low_ring_poses()[0][0])
+    want = json.loads(write_transforms_json_rings(
+        tmp_path / "want.json", [(6, 20.0, None), (3, ring_elevation, [f"views/low_{j:03d}.png" for j in range(3)])],
+        image_size=py.inputs.shape[-1]).read_text())
+    written = json.loads((out / "transforms.json").read_text())
+    assert [f["file_path"] for f in written["frames"]] == [f["file_path"] for f in want["frames"]]
+    assert [f["elevation_deg"] for f in written["frames"]] == [f["elevation_deg"] for f in want["frames"]]
+    assert [f["azimuth_deg"] for f in written["frames"]] == pytest.approx([f["azimuth_deg"] for f in want["frames"]])
+    np.testing.assert_allclose([f["transform_matrix"] for f in written["frames"]],
+                               [f["transform_matrix"] for f in want["frames"]], atol=1e-12)
+    res = subprocess.run(cmd[:-4] + ["--generate", "2", "--low-ring", "3", "--overwrite"], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "complete orbit" in res.stderr, res.stdout + res.stderr
+
+    # the C API: the same views, the ring's plans, and the two orders (-1 past each ring)
+    orders: dict = {}
+    views = vfrt_c.generate(engine, input_png, vfrt_c.options(views=6, steps=4, seed=3, elevation=20.0, low_ring=3,
+                                                              low_ring_polar=40.0), orders=orders)
+    assert len(views) == 8 and [v.pose[0] for v in views[5:]] == pytest.approx([math.radians(40.0)] * 3)
+    assert [v.references for v in views[5:]] == [p.tolist() for p in py.references[5:]]
+    assert orders["orbit"][5:] == [-1, -1, -1] and sorted(orders["orbit"][:5]) == [0, 1, 2, 3, 4]
+    assert orders["low_ring"] == [5, 6, 7, -1, -1, -1, -1, -1]        # azimuths 0, +120, -120 (= 240)
 
 
 README_PROGRAM = """
