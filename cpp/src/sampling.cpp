@@ -56,6 +56,37 @@ ViewPlan make_plan(double polar, double azimuth, double radius, std::vector<std:
   return plan;
 }
 
+/// vfrt.runtime.poses.orbit_azimuth: generated view v of an n-view orbit at +s, -s, +2s, ... (float64).
+double orbit_azimuth(int v, int n_views) {
+  const double step = 2 * kPi / n_views * (v / 2 + 1);
+  return (v & 1) ? -step : step;
+}
+
+/// numpy's float32 remainder (np.remainder): fmod, then the divisor's sign.
+float remainder32(float x, float m) {
+  float mod = std::fmod(x, m);
+  if (mod != 0.0f) {
+    if ((m < 0) != (mod < 0)) mod += m;
+  } else {
+    mod = std::copysign(0.0f, m);
+  }
+  return mod;
+}
+
+/// Single-target weighting (SPEC §5), shared by plan_single and plan_low_ring: the input's weight
+/// exp(-d_input / pi / tau_inf), the other references share the rest by softmax(-d / max d / tau_auto);
+/// `w` (K,) float32 distances, input first, overwritten in place (a lone input gets weight 1).
+void single_mode_weights(at::Tensor& w, double inference_temp, double auto_temp) {
+  if (w.size(0) > 1) {
+    at::Tensor w_in = at::exp(-w[0] / kPi / inference_temp);  // float32 0-dim tensor, as the Python
+    at::Tensor rest = w.slice(0, 1);
+    rest.copy_(at::softmax(-rest / rest.max() / auto_temp, 0) * at::rsub(w_in, 1));
+    w[0] = w_in;
+  } else {
+    w[0] = 1;
+  }
+}
+
 }  // namespace
 
 double python_mod(double x, double m) {
@@ -169,8 +200,7 @@ std::vector<ViewPlan> plan_orbit(int n_views, int generate, double inference_tem
   std::vector<double> anchors{0.0};
   std::vector<ViewPlan> plans;
   for (int v = 0; v < generate; ++v) {
-    const double step = 2 * kPi / n_views * (v / 2 + 1);
-    const double view_angle = (v & 1) ? -step : step;
+    const double view_angle = orbit_azimuth(v, n_views);
     const int all = static_cast<int>(anchors.size());
     // float32 angle arithmetic (numpy: a Python float against a float32 array stays float32)
     std::vector<float> rot(all), dist(all);
@@ -202,27 +232,6 @@ std::vector<ViewPlan> plan_orbit(int n_views, int generate, double inference_tem
   return plans;
 }
 
-namespace {
-
-/// vfrt.runtime.poses.orbit_azimuth: generated view v of an n-view orbit at +s, -s, +2s, ... (float64).
-double orbit_azimuth(int v, int n_views) {
-  const double step = 2 * kPi / n_views * (v / 2 + 1);
-  return (v & 1) ? -step : step;
-}
-
-/// numpy's float32 remainder (np.remainder): fmod, then the divisor's sign.
-float remainder32(float x, float m) {
-  float mod = std::fmod(x, m);
-  if (mod != 0.0f) {
-    if ((m < 0) != (mod < 0)) mod += m;
-  } else {
-    mod = std::copysign(0.0f, m);
-  }
-  return mod;
-}
-
-}  // namespace
-
 std::vector<ViewPlan> plan_low_ring(int n_views, int n_low, double delta_polar, double inference_temp,
                                     double auto_temp) {
   check_temps(inference_temp, auto_temp);
@@ -252,14 +261,7 @@ std::vector<ViewPlan> plan_low_ring(int n_views, int n_low, double delta_polar, 
     }
     at::Tensor index = at::tensor(valid_index, at::kLong);
     at::Tensor w = at::tensor(dist, at::kFloat).index_select(0, index);
-    if (w.size(0) > 1) {
-      at::Tensor w_in = at::exp(-w[0] / kPi / inference_temp);  // float32 0-dim tensor, as the Python
-      at::Tensor rest = w.slice(0, 1);
-      rest.copy_(at::softmax(-rest / rest.max() / auto_temp, 0) * at::rsub(w_in, 1));
-      w[0] = w_in;
-    } else {
-      w[0] = 1;
-    }
+    single_mode_weights(w, inference_temp, auto_temp);
     at::Tensor az_t = at::tensor(d_az, at::kFloat);
     at::Tensor T = at::stack({at::tensor(d_polar, at::kFloat), at::sin(az_t), at::cos(az_t), at::zeros({all}, at::kFloat)},
                              1)
@@ -309,11 +311,8 @@ std::vector<ViewPlan> plan_single(double delta_polar, double delta_azimuth, doub
     }
     at::Tensor index = at::tensor(valid_index, at::kLong);
     at::Tensor w = at::tensor(dist, at::kFloat).index_select(0, index);
-    if (v >= 1 && w.size(0) > 1) {
-      at::Tensor w_in = at::exp(-w[0] / kPi / inference_temp);  // float32 0-dim tensor, as the original
-      at::Tensor rest = w.slice(0, 1);
-      rest.copy_(at::softmax(-rest / rest.max() / auto_temp, 0) * at::rsub(w_in, 1));
-      w[0] = w_in;
+    if (v >= 1) {
+      single_mode_weights(w, inference_temp, auto_temp);
     } else {
       w[0] = 1;
     }
