@@ -51,6 +51,18 @@ def _softmax32(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softmax(x, dim=0)
 
 
+def _single_mode_weights(w: torch.Tensor, inference_temp: float, auto_temp: float) -> None:
+    """Single-target weighting (SPEC §5), in place on the float32 distances ``w`` (K,), input first: the
+    input gets ``exp(-d_input / pi / tau_inf)``, the others share the rest by ``softmax(-d / max d /
+    tau_auto)``; a lone input gets 1. Shared by :func:`plan_single` and :func:`plan_low_ring`."""
+    if len(w) > 1:
+        w_in = torch.exp(-w[0] / np.pi / inference_temp)
+        w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
+        w[0] = w_in
+    else:
+        w[0] = 1
+
+
 def orbit_azimuth(v: int, n_views: int) -> float:
     """Azimuth (radians, python float) of generated view v: +10, -10, +20, -20, ... for N = 36."""
     step = 2 * np.pi / n_views * (v // 2 + 1)
@@ -128,10 +140,8 @@ def plan_single(delta_polar: float, delta_azimuth: float, delta_radius: float = 
         valid = dist < DROP_DISTANCE
         valid[0] = True
         w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
-        if v >= 1 and len(w) > 1:
-            w_in = torch.exp(-w[0] / np.pi / inference_temp)
-            w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
-            w[0] = w_in
+        if v >= 1:
+            _single_mode_weights(w, inference_temp, auto_temp)
         else:
             w[0] = 1
         rot_t = torch.from_numpy(rot)
@@ -232,12 +242,7 @@ def plan_low_ring(n_views: int, n_low: int, delta_polar: float, inference_temp: 
         valid = dist < DROP_DISTANCE
         valid[0] = True
         w = torch.from_numpy(dist)[torch.from_numpy(valid)].clone()
-        if len(w) > 1:
-            w_in = torch.exp(-w[0] / np.pi / inference_temp)
-            w[1:] = _softmax32(-w[1:] / w[1:].max() / auto_temp) * (1 - w_in)
-            w[0] = w_in
-        else:
-            w[0] = 1
+        _single_mode_weights(w, inference_temp, auto_temp)
         T = torch.stack([torch.from_numpy(d_polar), torch.sin(torch.from_numpy(d_az)), torch.cos(torch.from_numpy(d_az)),
                          torch.zeros(len(anchors))], dim=1)[torch.from_numpy(valid)]
         plans.append(ViewPlan(pose=(target[0], target[1], 0.0), references=np.nonzero(valid)[0].astype(np.int64),
