@@ -62,13 +62,14 @@ double orbit_azimuth(int v, int n_views) {
   return (v & 1) ? -step : step;
 }
 
-/// numpy's float32 remainder (np.remainder): fmod, then the divisor's sign.
-float remainder32(float x, float m) {
-  float mod = std::fmod(x, m);
-  if (mod != 0.0f) {
+/// Python's float modulo and numpy's np.remainder, in T's precision: fmod, then the divisor's sign.
+template <typename T>
+T floor_mod(T x, T m) {
+  T mod = std::fmod(x, m);
+  if (mod != T(0)) {
     if ((m < 0) != (mod < 0)) mod += m;
   } else {
-    mod = std::copysign(0.0f, m);
+    mod = std::copysign(T(0), m);
   }
   return mod;
 }
@@ -89,15 +90,7 @@ void single_mode_weights(at::Tensor& w, double inference_temp, double auto_temp)
 
 }  // namespace
 
-double python_mod(double x, double m) {
-  double r = std::fmod(x, m);
-  if (r != 0.0) {
-    if ((m < 0) != (r < 0)) r += m;
-  } else {
-    r = std::copysign(0.0, m);
-  }
-  return r;
-}
+double python_mod(double x, double m) { return floor_mod(x, m); }
 
 std::vector<float> linear_alphas_cumprod(const TrainSchedule& train) {
   // betas = linspace(sqrt(start), sqrt(end), T, float64) ** 2 (torch's linspace kernel, as Python)
@@ -254,7 +247,7 @@ std::vector<ViewPlan> plan_low_ring(int n_views, int n_low, double delta_polar, 
     std::vector<std::int64_t> valid_index;
     for (int k = 0; k < all; ++k) {
       d_polar[k] = static_cast<float>(delta_polar) - static_cast<float>(anchors[k][0]);
-      d_az[k] = remainder32(static_cast<float>(target_az) - static_cast<float>(anchors[k][1]), two_pi32);
+      d_az[k] = floor_mod(static_cast<float>(target_az) - static_cast<float>(anchors[k][1]), two_pi32);
       const float wrapped = d_az[k] <= pi32 ? d_az[k] : two_pi32 - d_az[k];
       dist[k] = std::fabs(d_polar[k]) + wrapped;
       if (k == 0 || dist[k] < drop32) valid_index.push_back(k);
